@@ -1,0 +1,41 @@
+"""Command-line helpers shared by every ``experiments/<method>.py``."""
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["common_parser", "seed_list"]
+
+
+def common_parser(description: str) -> argparse.ArgumentParser:
+    """An ``ArgumentParser`` with the flags every experiment accepts.
+
+    * ``--dataset`` (default ``synthetic``: offline generated data, no download)
+    * ``--data-dir`` (datasets folder; default ``$JAXREC_DATA``, see ``jaxrec.data.resolve_data_dir``)
+    * ``--seeds N`` (run seeds ``0..N-1``; default 1) or ``--seed-list 3 7`` (explicit seeds)
+    * ``--epochs`` (default ``None``: the method's own default)
+    * ``--out`` (results root, default ``results``), ``--no-save`` (write no result files)
+    * ``--quick`` (tiny smoke-test settings, for CI)
+
+    Add method-specific flags to the returned parser; read seeds with :func:`seed_list`.
+    """
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--dataset", default="synthetic", help="dataset name (folder in the data dir) or 'synthetic'")
+    p.add_argument("--data-dir", default=None, help="datasets folder (default: $JAXREC_DATA)")
+    p.add_argument("--seeds", type=int, default=1, help="number of seeds: runs seeds 0..N-1")
+    p.add_argument("--seed-list", type=int, nargs="+", default=None,
+                   help="explicit seeds (overrides --seeds)")
+    p.add_argument("--epochs", type=int, default=None, help="max training epochs (default: method default)")
+    p.add_argument("--out", default="results", help="results root folder")
+    p.add_argument("--quick", action="store_true", help="tiny smoke-test settings")
+    p.add_argument("--no-save", action="store_true", help="do not write result files")
+    return p
+
+
+def seed_list(args: argparse.Namespace) -> list[int]:
+    """Seeds to run: ``--seed-list`` if given, else ``0..--seeds-1``."""
+    if getattr(args, "seed_list", None):
+        return list(args.seed_list)
+    if args.seeds < 1:
+        raise SystemExit(f"--seeds must be >= 1, got {args.seeds}")
+    return list(range(args.seeds))

@@ -1,0 +1,1 @@
+"""Methods: one module per algorithm (losses, jitted steps, ``train(config, data, seed)``)."""

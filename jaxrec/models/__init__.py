@@ -1,0 +1,1 @@
+"""Models: pure score functions over parameter pytrees (``mf``) and Flax modules used via init/apply."""

@@ -1,0 +1,193 @@
+"""Result files and result tables.
+
+Every experiment run writes one JSON file ``<root>/<experiment>/<dataset>/<name>.json`` through
+:func:`save_result`. The file holds everything needed to trust and reproduce the number::
+
+    {"experiment", "dataset", "name", "seed", "config", "metrics", "wall_time_s",
+     "versions": {"python", "jax", "jaxlib", "flax", "optax", "numpy", "scipy", "jaxrec", ...},
+     "device": {"platform", "devices", "x64"}, "command", "git_commit", "timestamp", "extra"}
+
+:func:`load_results` reads them back; :func:`mean_std` and :func:`format_table` build the
+"mean ± std over seeds" tables of RESULTS.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["save_result", "load_results", "mean_std", "format_table", "relative_improvement",
+           "package_versions", "device_info", "to_jsonable"]
+
+_PACKAGES = ("jax", "jaxlib", "flax", "optax", "jaxopt", "chex", "numpy", "scipy", "jaxrec")
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of Python and the numerical packages this project depends on."""
+    out = {"python": platform.python_version()}
+    for p in _PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            out[p] = "not installed"
+    return out
+
+
+def device_info() -> dict[str, Any]:
+    """The JAX backend, its devices and whether float64 is enabled."""
+    import jax
+
+    devs = jax.devices()
+    return {"platform": devs[0].platform, "devices": [str(d) for d in devs],
+            "device_kind": getattr(devs[0], "device_kind", ""), "x64": bool(jax.config.jax_enable_x64),
+            "host": platform.node(), "cpu_count": os.cpu_count()}
+
+
+def _git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                           timeout=5)
+        return r.stdout.strip() or None
+    except Exception:  # noqa: BLE001 - git absent or not a checkout: just record None
+        return None
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert dataclasses, numpy / jax scalars and arrays, paths and tuples into JSON-ready values."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return to_jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (str, bool, int)) or obj is None:
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else str(obj)
+    if hasattr(obj, "shape") and hasattr(obj, "dtype"):  # numpy / jax array or scalar
+        arr = np.asarray(obj)
+        if arr.ndim == 0:
+            return to_jsonable(arr.item())
+        return [to_jsonable(v) for v in arr.tolist()]
+    if isinstance(obj, np.generic):
+        return to_jsonable(obj.item())
+    return str(obj)
+
+
+def save_result(experiment: str, dataset: str, *, config: Any, seed: int, metrics: Mapping[str, Any],
+                wall_time: float, extra: Mapping[str, Any] | None = None, root: str | os.PathLike = "results",
+                name: str | None = None) -> Path:
+    """Write one run's result to ``<root>/<experiment>/<dataset>/<name>.json`` and return the path.
+
+    ``name`` defaults to ``seed<seed>``; give e.g. ``f"{model}_seed{seed}"`` when several models share an
+    experiment. ``config`` may be a dataclass or a dict. The file is written atomically (temp file +
+    rename) and also records package versions, device, command line, git commit and a UTC timestamp.
+    """
+    for label, value in (("experiment", experiment), ("dataset", dataset)):
+        if not value or "/" in str(value) or str(value).startswith("."):
+            raise ValueError(f"save_result: {label}={value!r} must be a plain folder name")
+    name = name or f"seed{seed}"
+    out_dir = Path(root) / experiment / dataset
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record = {
+        "experiment": experiment,
+        "dataset": dataset,
+        "name": name,
+        "seed": int(seed),
+        "config": to_jsonable(config),
+        "metrics": to_jsonable(dict(metrics)),
+        "wall_time_s": float(wall_time),
+        "versions": package_versions(),
+        "device": device_info(),
+        "command": " ".join([Path(sys.executable).name] + sys.argv),
+        "git_commit": _git_commit(),
+        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "extra": to_jsonable(dict(extra or {})),
+    }
+    path = out_dir / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load_results(experiment: str, dataset: str, root: str | os.PathLike = "results",
+                 pattern: str = "*.json") -> list[dict]:
+    """All result records of ``<root>/<experiment>/<dataset>/<pattern>``, sorted by file name."""
+    d = Path(root) / experiment / dataset
+    return [json.loads(p.read_text()) for p in sorted(d.glob(pattern))]
+
+
+def mean_std(runs: Sequence[Mapping[str, float]], ddof: int = 1) -> dict[str, tuple[float, float]]:
+    """Per metric ``(mean, std)`` over runs (e.g. seeds); sample std (``ddof=1``), 0 for a single run.
+
+    Only numeric metrics present in every run are kept.
+    """
+    if not runs:
+        raise ValueError("mean_std: no runs given")
+    keys = [k for k in runs[0] if all(k in r for r in runs)
+            and all(isinstance(r[k], (int, float, np.number)) and not isinstance(r[k], bool) for r in runs)]
+    out = {}
+    for k in keys:
+        v = np.asarray([float(r[k]) for r in runs])
+        std = float(v.std(ddof=ddof)) if len(v) > ddof else 0.0
+        out[k] = (float(v.mean()), std)
+    return out
+
+
+def relative_improvement(model: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, float]:
+    """``(m - b) / b * 100`` per metric, using means when values are ``(mean, std)`` pairs."""
+    def m(v):
+        return float(v[0]) if isinstance(v, (tuple, list)) else float(v)
+
+    return {k: (m(model[k]) - m(base[k])) / m(base[k]) * 100.0 if m(base[k]) != 0 else float("nan")
+            for k in model if k in base}
+
+
+def format_table(rows: Mapping[str, Any], columns: Sequence[str] | None = None, digits: int = 4,
+                 improvement: tuple[str, str] | None = None, row_header: str = "model") -> str:
+    """Markdown table: one row per model, one column per metric, cells ``mean ± std``.
+
+    ``rows`` maps a model name to a list of per-seed metric dicts, or to the output of :func:`mean_std`,
+    or to a plain metric dict. ``columns`` defaults to the first row's metrics. ``improvement=(model,
+    base)`` appends a row ``Improv. (model vs base)`` with :func:`relative_improvement` in percent.
+    """
+    stats: dict[str, dict[str, tuple[float, float] | float]] = {}
+    for name, val in rows.items():
+        if isinstance(val, (list, tuple)):
+            stats[name] = mean_std(val)
+        else:
+            stats[name] = dict(val)
+    if columns is None:
+        columns = [k for k in next(iter(stats.values())) if k != "n_users"]
+
+    def cell(v):
+        if v is None:
+            return "-"
+        if isinstance(v, (tuple, list)):
+            return f"{v[0]:.{digits}f} ± {v[1]:.{digits}f}"
+        return f"{float(v):.{digits}f}"
+
+    lines = ["| " + " | ".join([row_header, *columns]) + " |",
+             "|" + "|".join(["---"] * (len(columns) + 1)) + "|"]
+    for name, st in stats.items():
+        lines.append("| " + " | ".join([name, *(cell(st.get(c)) for c in columns)]) + " |")
+    if improvement is not None:
+        a, b = improvement
+        imp = relative_improvement(stats[a], stats[b])
+        lines.append("| " + " | ".join([f"Improv. ({a} vs {b})",
+                                         *(f"{imp[c]:+.1f}%" if c in imp else "-" for c in columns)]) + " |")
+    return "\n".join(lines)
