@@ -1,0 +1,303 @@
+"""Meta-Wrapper experiments: synthetic overfitting study, CTR main table, ablation M1-M4, sensitivity
+(N, mu, beta) and step/inference timing.
+
+Examples (results land in ``results/meta_wrapper/<dataset>/``)::
+
+    python experiments/meta_wrapper.py --table synthetic --seeds 3          # overfitting figure + gap
+    python experiments/meta_wrapper.py --table timing                        # MW(N=1,2,3) / DIN step time
+    python experiments/meta_wrapper.py --table main --dataset ml-100k --seeds 3
+    python experiments/meta_wrapper.py --table ablation --dataset ml-100k --seeds 3
+    python experiments/meta_wrapper.py --model mw --dataset synthetic        # one model
+
+``--model`` names: base, wdl, pnn, deepfm, din (baselines, full training set), mw (= M4), M1..M4, and for
+the synthetic study fs (= DIN), fs_l2, fs_dropout.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from jaxrec.cli import common_parser, seed_list
+
+EXPERIMENT = "meta_wrapper"
+MAIN_MODELS = ("base", "wdl", "pnn", "deepfm", "din", "mw")
+SYNTH_MODELS = ("base", "fs", "fs_l2", "fs_dropout", "mw")
+ABLATION = ("M1", "M2", "M3", "M4")
+
+
+def make_config(name: str, args, **over):
+    """MWConfig for a model name, with the shared hyper-parameters from ``args``."""
+    from jaxrec.methods.meta_wrapper import MWConfig
+
+    base = dict(emb_dim=args.emb_dim, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
+                l2=args.l2, mu=args.mu, beta=args.beta, n_inner=args.n_inner, patience=args.patience,
+                track_train_loss=args.track_train_loss)
+    if name in ("base", "wdl", "pnn", "deepfm", "din", "fs"):
+        base.update(model="din" if name == "fs" else name, variant="plain")
+    elif name == "fs_l2":
+        base.update(model="din", variant="plain", l2=args.fs_l2)
+    elif name == "fs_dropout":
+        base.update(model="din", variant="plain", dropout=args.fs_dropout)
+    elif name == "mw":
+        base.update(model="din", variant="M4")
+    elif name in ABLATION:
+        base.update(model="din", variant=name, n_inner=1 if name == "M3" else args.n_inner)
+    else:
+        raise SystemExit(f"unknown --model {name!r}; use one of {MAIN_MODELS + SYNTH_MODELS[1:] + ABLATION}")
+    base.update(over)
+    return MWConfig(**base)
+
+
+def run_one(name, args, split, seed, tag, **over):
+    """Train one model/seed, save its result JSON, return the result dict (without params)."""
+    from jaxrec.methods.meta_wrapper import train
+    from jaxrec.results import save_result
+
+    cfg = make_config(name, args, **over)
+    t0 = time.perf_counter()
+    res = train(cfg, split, seed)
+    wall = time.perf_counter() - t0
+    res.pop("params")
+    metrics = dict(res["best"], step_time=res["step_time"])
+    print(f"[{tag}] {name} seed={seed} test_auc={metrics.get('test_auc', float('nan')):.4f} "
+          f"val_auc={metrics.get('val_auc', float('nan')):.4f} epoch={metrics.get('epoch')} ({wall:.0f}s)",
+          flush=True)
+    if not args.no_save:
+        save_result(EXPERIMENT, args.dataset, config=dict(dataclasses.asdict(cfg), name=name, table=tag),
+                    seed=seed, metrics=metrics, wall_time=wall, extra={"history": res["history"]},
+                    root=args.out, name=f"{tag}_{name}_seed{seed}")
+    return res
+
+
+def load_split(args, seed):
+    from jaxrec.data.ctr import load_ctr
+
+    if args.dataset == "synthetic":
+        return load_ctr("synthetic", seed=seed)
+    from jaxrec.data import resolve_data_dir
+
+    return load_ctr(args.dataset, resolve_data_dir(args.data_dir), seed=seed, max_len=args.max_len)
+
+
+def table_synthetic(args):
+    """Base, FS (=DIN), FS+L2, FS+dropout, MW on the synthetic set: per-epoch train/test loss (figure)
+    and the final train/test gap (last epoch, no early stopping)."""
+    from jaxrec.results import format_table
+
+    rows, curves = {}, {}
+    for seed in seed_list(args):
+        split = load_split(args, seed)
+        for name in args.models or SYNTH_MODELS:
+            res = run_one(name, args, split, seed, "synthetic")
+            h = res["history"]
+            last = h[-1]
+            rows.setdefault(name, []).append({
+                "train_loss": last["train_loss"], "test_loss": last["test_loss"],
+                "gap": last["test_loss"] - last["train_loss"], "test_auc": last["test_auc"],
+                "min_test_loss": min(r["test_loss"] for r in h),
+            })
+            curves.setdefault(name, []).append([(r["train_loss"], r["test_loss"]) for r in h])
+    print(format_table(rows, columns=["train_loss", "test_loss", "gap", "min_test_loss", "test_auc"]))
+    out = Path(args.out) / EXPERIMENT / args.dataset
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "synthetic_curves.json").write_text(json.dumps(curves))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+        for name, cs in curves.items():
+            a = np.asarray(cs)  # [seeds, epochs, 2]
+            ep = np.arange(1, a.shape[1] + 1)
+            for j, title in enumerate(("training loss", "test loss")):
+                ax[j].plot(ep, a[:, :, j].mean(0), label=name)
+                ax[j].set_title(title)
+                ax[j].set_xlabel("epoch")
+        ax[0].set_ylabel("BCE")
+        ax[1].legend()
+        fig.tight_layout()
+        fig.savefig(out / "synthetic_overfit.png", dpi=120)
+        print(f"figure: {out / 'synthetic_overfit.png'}")
+    except ImportError:
+        print("matplotlib missing: no figure")
+
+
+def table_models(args, names, tag):
+    """Test AUC (best-validation epoch) and RelaImpr over Base, mean ± std over seeds."""
+    from jaxrec.metrics import rela_impr
+    from jaxrec.results import format_table
+
+    rows = {}
+    for seed in seed_list(args):
+        split = load_split(args, seed)
+        for name in names:
+            res = run_one(name, args, split, seed, tag)
+            rows.setdefault(name, []).append({"test_auc": res["best"]["test_auc"], "val_auc": res["best"]["val_auc"],
+                                              "epoch": res["best"]["epoch"], "step_ms": 1e3 * res["step_time"]})
+    ref = names[0]
+    for name in names:
+        for r, b in zip(rows[name], rows[ref]):
+            r[f"relaimpr_vs_{ref}_%"] = float(rela_impr(r["test_auc"], b["test_auc"]))
+    print(format_table(rows, columns=["test_auc", f"relaimpr_vs_{ref}_%", "val_auc", "epoch", "step_ms"]))
+
+
+def table_sensitivity(args):
+    """MW test AUC over N, mu, beta (one factor at a time around the given defaults)."""
+    from jaxrec.results import format_table
+
+    rows = {}
+    grid = [("n_inner", v) for v in (1, 2, 3)] + [("mu", v) for v in (0.2, 0.4, 0.6, 0.8)] + \
+           [("beta", v) for v in (1e-4, 1e-3, 1e-2, 1.0)]
+    for seed in seed_list(args):
+        split = load_split(args, seed)
+        for k, v in grid:
+            res = run_one("mw", args, split, seed, f"sens_{k}{v}", **{k: v})
+            rows.setdefault(f"{k}={v}", []).append({"test_auc": res["best"]["test_auc"],
+                                                    "val_auc": res["best"]["val_auc"]})
+    print(format_table(rows, columns=["test_auc", "val_auc"], row_header="setting"))
+
+
+def table_timing(args):
+    """Training-step time of MW (N = 1, 2, 3) and M2/M3 as a ratio to DIN's step, and inference time, all
+    measured in one process on the same batches (median over rounds, after compilation)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxrec.methods.meta_wrapper import init_state, make_predict, make_step, model_config
+    from jaxrec.results import save_result
+
+    split = load_split(args, 0)
+    tr = split.train
+    data = {k: jnp.asarray(v) for k, v in tr.arrays().items()}
+    rng = np.random.default_rng(0)
+    bs = args.batch_size
+    idx = [(jnp.asarray(rng.integers(0, len(tr), bs)), jnp.asarray(rng.integers(0, len(tr), bs)))
+           for _ in range(args.timing_steps)]
+    variants = {"din": make_config("din", args)}
+    for n in (1, 2, 3):
+        variants[f"mw_N{n}"] = make_config("mw", args, n_inner=n)
+    variants["M2"] = make_config("M2", args)
+    variants["M3"] = make_config("M3", args)
+    runners = {}
+    for name, cfg in variants.items():
+        mcfg = model_config(cfg, tr.n_items, tr.n_cats)
+        st = init_state(cfg, mcfg, jax.random.PRNGKey(0))
+        step = make_step(cfg, mcfg)
+        st, _ = step(st, data, idx[0][0], idx[0][1], jax.random.PRNGKey(1))
+        jax.block_until_ready(st.params)
+        runners[name] = (step, st)
+    times = {k: [] for k in runners}
+    for _ in range(args.timing_rounds):
+        for name, (step, st) in runners.items():
+            t0 = time.perf_counter()
+            s = st
+            for a, b in idx:
+                s, _ = step(s, data, a, b, jax.random.PRNGKey(2))
+            jax.block_until_ready(s.params)
+            times[name].append((time.perf_counter() - t0) / len(idx))
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    # inference: the same jitted forward for DIN and MW (the wrapper changes training only)
+    mcfg = model_config(variants["din"], tr.n_items, tr.n_cats)
+    pred = make_predict(mcfg, "din")
+    test = {k: jnp.asarray(v[:args.eval_batch]) for k, v in split.test.arrays().items()}
+    inf = {}
+    for name in ("din", "mw_N1"):
+        p = runners[name][1].params
+        jax.block_until_ready(pred(p, test))
+        ts = []
+        for _ in range(args.timing_rounds):
+            t0 = time.perf_counter()
+            for _ in range(10):
+                out = pred(p, test)
+            jax.block_until_ready(out)
+            ts.append((time.perf_counter() - t0) / 10)
+        inf[name] = float(np.median(ts))
+    metrics = {f"step_ms_{k}": 1e3 * v for k, v in med.items()}
+    metrics.update({f"ratio_{k}_over_din": v / med["din"] for k, v in med.items()})
+    metrics.update({f"infer_ms_{k}": 1e3 * v for k, v in inf.items()})
+    for k, v in metrics.items():
+        print(f"{k:28s} {v:.3f}")
+    if not args.no_save:
+        save_result(EXPERIMENT, args.dataset, config={"batch_size": bs, "emb_dim": args.emb_dim,
+                    "timing_steps": args.timing_steps, "timing_rounds": args.timing_rounds,
+                    "eval_batch": args.eval_batch}, seed=0, metrics=metrics, wall_time=0.0, root=args.out,
+                    name="timing")
+
+
+def table_report(args):
+    """Re-print a table from the saved result files of ``--report-tag`` (main / ablation) over all seeds
+    found, with RelaImpr against the tag's first model (Base for main, M1 for ablation)."""
+    from jaxrec.metrics import rela_impr
+    from jaxrec.results import format_table, load_results
+
+    tag = args.report_tag
+    names = tuple(args.models or (MAIN_MODELS if tag == "main" else ABLATION))
+    recs = {n: {r["seed"]: r["metrics"] for r in load_results(EXPERIMENT, args.dataset, args.out, f"{tag}_{n}_seed*.json")}
+            for n in names}
+    ref = names[0]
+    seeds = sorted(set.intersection(*[set(v) for v in recs.values()])) if recs else []
+    if not seeds:
+        raise SystemExit(f"no seed has results for every model of {names} under {args.out}/{EXPERIMENT}/{args.dataset}")
+    rows = {}
+    for n in names:
+        rows[n] = [{"test_auc": recs[n][s]["test_auc"],
+                    f"relaimpr_vs_{ref}_%": float(rela_impr(recs[n][s]["test_auc"], recs[ref][s]["test_auc"])),
+                    "val_auc": recs[n][s]["val_auc"], "step_ms": 1e3 * recs[n][s]["step_time"]} for s in seeds]
+    print(f"seeds: {seeds}")
+    print(format_table(rows))
+
+
+def main(argv=None):
+    p = common_parser(__doc__.splitlines()[0])
+    p.add_argument("--table", default="single",
+                   choices=["single", "synthetic", "main", "ablation", "sensitivity", "timing", "report"])
+    p.add_argument("--report-tag", default="main", choices=["main", "ablation"],
+                   help="which saved table --table report aggregates")
+    p.add_argument("--model", default="mw", help="model for --table single")
+    p.add_argument("--models", nargs="+", default=None, help="override the model list of a table")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--emb-dim", type=int, default=16)
+    p.add_argument("--l2", type=float, default=0.0)
+    p.add_argument("--fs-l2", type=float, default=1e-4, help="l2 of the FS+L2 synthetic baseline")
+    p.add_argument("--fs-dropout", type=float, default=0.5, help="dropout of the FS+dropout baseline")
+    p.add_argument("--mu", type=float, default=0.4)
+    p.add_argument("--beta", type=float, default=1e-2)
+    p.add_argument("--n-inner", type=int, default=1)
+    p.add_argument("--patience", type=int, default=0)
+    p.add_argument("--max-len", type=int, default=50)
+    p.add_argument("--eval-batch", type=int, default=4096)
+    p.add_argument("--timing-steps", type=int, default=50)
+    p.add_argument("--timing-rounds", type=int, default=5)
+    p.add_argument("--no-train-loss", dest="track_train_loss", action="store_false",
+                   help="skip the full training-set loss after each epoch (faster on real sets)")
+    args = p.parse_args(argv)
+    if args.epochs is None:
+        args.epochs = 30 if args.dataset == "synthetic" else 5
+    if args.quick:
+        args.epochs, args.timing_steps, args.timing_rounds = 2, 5, 2
+    if args.table == "synthetic":
+        table_synthetic(args)
+    elif args.table == "main":
+        table_models(args, tuple(args.models or MAIN_MODELS), "main")
+    elif args.table == "ablation":
+        table_models(args, tuple(args.models or ABLATION), "ablation")
+    elif args.table == "sensitivity":
+        table_sensitivity(args)
+    elif args.table == "timing":
+        table_timing(args)
+    elif args.table == "report":
+        table_report(args)
+    else:
+        table_models(args, (args.model,), "single")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
