@@ -20,3 +20,15 @@ def data_dir() -> Path:
     if not path.is_dir():
         pytest.fail(f"JAXREC_DATA={root!r} is not a directory; point it at the datasets folder")
     return path
+
+
+@pytest.fixture(scope="module")
+def x64():
+    """float64 for one test module (``pytestmark = pytest.mark.usefixtures("x64")``); the previous
+    ``jax_enable_x64`` setting is restored afterwards so other modules are unaffected."""
+    import jax
+
+    prev = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", prev)

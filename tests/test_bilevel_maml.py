@@ -15,12 +15,7 @@ from jax.flatten_util import ravel_pytree
 import jaxrec.bilevel as bl
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _x64():
-    prev = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", prev)
+pytestmark = pytest.mark.usefixtures("x64")  # float64 for this module only (tests/conftest.py)
 
 
 def rel_err(a, b):

@@ -17,13 +17,7 @@ from jax.flatten_util import ravel_pytree
 import jaxrec.bilevel as bl
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _x64():
-    """float64 for this module only; the previous setting is restored afterwards."""
-    prev = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", prev)
+pytestmark = pytest.mark.usefixtures("x64")  # float64 for this module only (tests/conftest.py)
 
 
 RTOL = 1e-5
