@@ -1,0 +1,266 @@
+"""MCLRec / CL4SRec: augmentations, NT-Xent and R on hand cases, stage isolation, a short run learns."""
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrec import augment as A
+from jaxrec.methods import mclrec as M
+
+L = 12
+
+
+def _batch(seed=0, b=400, L=L, n_items=1000, min_len=0):
+    """Left-padded rows with distinct items per row (so positions can be traced), lengths 0..L."""
+    rng = np.random.default_rng(seed)
+    lens = rng.integers(min_len, L + 1, size=b)
+    lens[:L + 1 - min_len] = np.arange(min_len, L + 1)  # every length present
+    items = np.stack([rng.choice(np.arange(1, n_items + 1), L, replace=False) for _ in range(b)])
+    seq = np.where(np.arange(L)[None] >= L - lens[:, None], items, 0).astype(np.int32)
+    return seq, lens
+
+
+def _real(row):
+    nz = np.flatnonzero(row)
+    return row[nz[0]:] if len(nz) else row[:0]
+
+
+# ------------------------------------------------------------------------------------------ augmentations
+def test_crop_keeps_a_left_padded_contiguous_window():
+    seq, lens = _batch(0)
+    out = np.asarray(jax.jit(A.crop)(jax.random.PRNGKey(1), jnp.asarray(seq)))
+    for row, o, n in zip(seq, out, lens):
+        c = n if n <= 1 else n // 2
+        assert (o != 0).sum() == c
+        assert (o[:L - c] == 0).all()                          # padding only in front
+        real, kept = _real(row).tolist(), o[L - c:].tolist()
+        starts = [i for i in range(len(real) - c + 1) if real[i:i + c] == kept]
+        assert starts, (row, o)                                # a contiguous window of the original
+    # the window start is uniform over all n - c + 1 offsets (n = 12, c = 6 -> 7 offsets)
+    row = np.arange(1, 13, dtype=np.int32)[None].repeat(7000, 0)
+    first = np.asarray(A.crop(jax.random.PRNGKey(2), jnp.asarray(row)))[:, L - 6]
+    freq = np.bincount(first - 1, minlength=7) / len(first)
+    assert freq.shape == (7,) and np.abs(freq - 1 / 7).max() < 0.02
+
+
+def test_mask_zeroes_half_of_the_real_positions():
+    seq, lens = _batch(1)
+    out = np.asarray(jax.jit(A.mask)(jax.random.PRNGKey(3), jnp.asarray(seq)))
+    for row, o, n in zip(seq, out, lens):
+        real = np.arange(L) >= L - n
+        assert (o[~real] == 0).all()
+        changed = o != row
+        assert changed.sum() == n // 2 and (o[changed] == 0).all() and real[changed].all()
+    # every real position is equally likely to be masked
+    row = np.arange(1, 11, dtype=np.int32)[None].repeat(5000, 0)
+    hit = np.asarray(A.mask(jax.random.PRNGKey(4), jnp.asarray(row))) == 0
+    assert np.abs(hit.mean(0) - 0.5).max() < 0.03
+
+
+def test_reorder_shuffles_one_window_only():
+    seq, lens = _batch(2)
+    out = np.asarray(jax.jit(A.reorder)(jax.random.PRNGKey(5), jnp.asarray(seq)))
+    n_changed = 0
+    for row, o, n in zip(seq, out, lens):
+        r = (4 * n) // 5
+        assert sorted(o.tolist()) == sorted(row.tolist())       # same multiset, padding stays 0
+        assert (o[:L - n] == 0).all()
+        diff = np.flatnonzero(o != row)
+        if len(diff):
+            assert diff[-1] - diff[0] < r                        # all changes inside one window of r
+            n_changed += 1
+        if n <= 1:
+            assert (o == row).all()
+    assert n_changed > len(seq) // 2
+
+
+def test_two_views_use_two_different_operators():
+    seq, lens = _batch(3, b=3000, min_len=2)
+    v1, v2, (o1, o2) = jax.jit(functools.partial(A.two_views, return_ops=True))(
+        jax.random.PRNGKey(6), jnp.asarray(seq))
+    o1, o2, v1 = np.asarray(o1), np.asarray(o2), np.asarray(v1)
+    assert (o1 != o2).all()
+    pairs = np.bincount(o1 * 3 + o2, minlength=9).reshape(3, 3) / len(o1)
+    assert np.abs(pairs[~np.eye(3, dtype=bool)] - 1 / 6).max() < 0.03
+    # the operator recorded is the one applied: item counts n // 2 (crop), n - n // 2 (mask), n (reorder)
+    n1 = (v1 != 0).sum(1)
+    expect = np.choose(o1, [lens // 2, lens - lens // 2, lens])
+    np.testing.assert_array_equal(n1, expect)
+
+
+def test_length_one_is_left_alone():
+    seq = np.zeros((50, L), np.int32)
+    seq[:, -1] = np.arange(1, 51)
+    v1, v2 = jax.jit(A.two_views)(jax.random.PRNGKey(7), jnp.asarray(seq))
+    np.testing.assert_array_equal(v1, seq)
+    np.testing.assert_array_equal(v2, seq)
+
+
+# ------------------------------------------------------------------------------------------ losses
+def _nt_xent_loops(a, b, t):
+    """Direct definition: for each of the 2B anchors, -log(exp(pos) / sum over the 2B-1 others)."""
+    u = np.concatenate([a, b])
+    n = len(a)
+    total = 0.0
+    for i in range(2 * n):
+        p = i + n if i < n else i - n
+        others = [np.dot(u[i], u[j]) / t for j in range(2 * n) if j != i]
+        total += -np.dot(u[i], u[p]) / t + math.log(sum(math.exp(x) for x in others))
+    return total / (2 * n)
+
+
+def test_nt_xent_matches_definition_and_hand_case():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(5, 4)), rng.normal(size=(5, 4))
+    for t in (1.0, 0.5):
+        np.testing.assert_allclose(M.nt_xent(jnp.asarray(a), jnp.asarray(b), t), _nt_xent_loops(a, b, t),
+                                   rtol=1e-5)
+    # hand case, B = 2, orthogonal unit views, identical pairs: each anchor sees exp(1) (positive), exp(0)
+    # (the other sequence's two views) and exp(1) for ... no: others are {pos: 1, neg: 0, neg: 0}
+    e = np.eye(2)
+    expected = -1 + math.log(math.e + 2)
+    np.testing.assert_allclose(M.nt_xent(jnp.asarray(e), jnp.asarray(e)), expected, rtol=1e-6)
+    # zero embeddings: uniform over 2B - 1 candidates
+    np.testing.assert_allclose(M.nt_xent(jnp.zeros((4, 3)), jnp.zeros((4, 3))), math.log(7), rtol=1e-6)
+    np.testing.assert_allclose(M.nt_xent(jnp.asarray(a), jnp.asarray(b)), M.nt_xent(jnp.asarray(b), jnp.asarray(a)),
+                               rtol=1e-6)
+
+
+def test_regularizer_hand_cases():
+    eye = jnp.eye(2)
+    # S = [[2, 1], [0, 1]]: s+ = (2, 1), s- = (1, 0); min s+ = max s- = 1 -> o_min = o_max = 1
+    # R = mean(relu((2, 1) - 1)) + mean(relu(1 - (1, 0))) = 0.5 + 0.5
+    np.testing.assert_allclose(M.contrastive_regularizer(eye, jnp.array([[2.0, 0.0], [1.0, 1.0]])), 1.0, rtol=1e-6)
+    # S = diag(3, 2): s+ = (3, 2), s- = (0, 0): o_min = 0, o_max = 2 -> R = mean(3, 2) + mean(2, 2) = 4.5
+    np.testing.assert_allclose(M.contrastive_regularizer(eye, jnp.array([[3.0, 0.0], [0.0, 2.0]])), 4.5, rtol=1e-6)
+    # positives below negatives: S = [[0, 5], [4, -1]]: min s+ = -1, max s- = 5 -> o_min = -1, o_max = 5
+    # R = mean(relu((0, -1) + 1)) + mean(relu(5 - (5, 4))) = 0.5 + 0.5
+    np.testing.assert_allclose(M.contrastive_regularizer(eye, jnp.array([[0.0, 4.0], [5.0, -1.0]])), 1.0, rtol=1e-6)
+    with pytest.raises(ValueError):
+        M.contrastive_regularizer(jnp.ones((1, 2)), jnp.ones((1, 2)))
+
+
+def test_losses_float64():
+    with jax.enable_x64(True):
+        a = jnp.asarray(np.random.default_rng(1).normal(size=(4, 3)))
+        assert a.dtype == jnp.float64
+        assert M.nt_xent(a, a[::-1]).dtype == jnp.float64
+        assert M.contrastive_regularizer(a, a[::-1]).dtype == jnp.float64
+        np.testing.assert_allclose(M.nt_xent(a, 2 * a), _nt_xent_loops(np.asarray(a), 2 * np.asarray(a), 1.0),
+                                   rtol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------ stages
+# One configuration for the stage tests and the short run, so M.build / make_step / make_eval caches
+# share their compilations across tests.
+TINY = dict(max_len=8, hidden=16, ff=32, n_blocks=1, batch_size=64, dropout=0.1, attn_dropout=0.1, lr=5e-3,
+            epochs=3, patience=5)
+
+
+@functools.lru_cache(maxsize=None)
+def _data():
+    from jaxrec.data import synthetic
+
+    s = synthetic.sequences(n_users=300, n_items=60, n_clusters=4, mean_len=10, min_len=4, max_len=14,
+                            p_follow=0.8, seed=0)
+    return M.prepare_data(s, max_len=8)
+
+
+@functools.lru_cache(maxsize=None)
+def _setup(name="mclrec", **kw):
+    """Model, initial state and one batch; the same shapes as the short training run (shared compile)."""
+    data = _data()
+    model = M.build(M.preset(name, **{**TINY, **kw}), data["n_items"])
+    state = M.init_state(model, jax.random.PRNGKey(0))
+    batch = {"seq": jnp.asarray(data["train_seq"][:64]), "target": jnp.asarray(data["train_target"][:64])}
+    return model, state, batch
+
+
+def _same(a, b):
+    return all(bool(jnp.array_equal(x, y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_stage2_does_not_touch_theta_and_stage1_not_phi():
+    model, state, batch = _setup()
+    stage1, stage2 = (jax.jit(f) for f in M.make_stages(model))
+    views = A.two_views(jax.random.PRNGKey(1), batch["seq"])
+    s1, _ = stage1(state, batch, views, jax.random.PRNGKey(2))
+    assert _same(s1.phi, state.phi) and _same(s1.opt_phi, state.opt_phi)
+    assert not _same(s1.theta, state.theta)
+    s2, lp = stage2(s1, batch, views, jax.random.PRNGKey(3))
+    assert _same(s2.theta, s1.theta) and _same(s2.opt_theta, s1.opt_theta)
+    assert not _same(s2.phi, s1.phi) and np.isfinite(float(lp))
+    assert all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves((s2.theta, s2.phi)))
+    # the freeze is not vacuous: L0 does depend on phi (beta > 0)
+    l0 = jax.jit(lambda ph: M.losses_stage1(model, state.theta, ph, batch, views, jax.random.PRNGKey(2))[0])
+    assert float(l0(state.phi)) != float(l0(jax.tree.map(lambda x: 1.5 * x, state.phi)))
+    # the full jitted step is exactly stage 1 then stage 2 with the same views
+    key = jax.random.PRNGKey(9)
+    k_aug, k1, k2, _ = jax.random.split(key, 4)
+    v = A.two_views(k_aug, batch["seq"])
+    ref, _ = stage2(stage1(state, batch, v, k1)[0], batch, v, k2)
+    out, aux = M.make_step(model)(state, batch, key)
+    for x, y in zip(jax.tree.leaves((ref.theta, ref.phi)), jax.tree.leaves((out.theta, out.phi))):
+        np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-6)
+    assert set(aux) >= {"loss", "l_rec", "l_cl1", "l_cl2", "reg", "phi_loss"}
+
+
+def test_joint_and_configurations():
+    model, state, batch = _setup("mclrec_j")
+    out, aux = M.make_step(model)(state, batch, jax.random.PRNGKey(1))
+    assert not _same(out.theta, state.theta) and not _same(out.phi, state.phi)
+    views = A.two_views(jax.random.PRNGKey(1), batch["seq"])
+    # SASRec: no augmenters, no contrastive terms; CL4SRec: L_rec + 0.1 L_cl1
+    m_s, st_s, _ = _setup("sasrec")
+    assert st_s.phi == {} and not m_s.config.uses_views
+    _, aux_s = jax.jit(lambda th: M.losses_stage1(m_s, th, {}, batch, None, jax.random.PRNGKey(1)))(st_s.theta)
+    assert float(aux_s["l_cl1"]) == 0 and float(aux_s["l_cl2"]) == 0
+    np.testing.assert_allclose(aux_s["loss"], aux_s["l_rec"])
+    m_c, st_c, _ = _setup("cl4srec")
+    _, aux_c = jax.jit(lambda th: M.losses_stage1(m_c, th, {}, batch, views, jax.random.PRNGKey(1)))(st_c.theta)
+    assert float(aux_c["l_cl1"]) > 0 and float(aux_c["l_cl2"]) == 0
+    np.testing.assert_allclose(aux_c["loss"], aux_c["l_rec"] + 0.1 * aux_c["l_cl1"], rtol=1e-5)
+    # shared augmenters: one parameter set
+    m_sh = M.build(M.preset("mclrec", ablation="shared", **TINY), 60)
+    assert set(jax.eval_shape(lambda k: M.init_state(m_sh, k), jax.random.PRNGKey(0)).phi) == {"aug"}
+    with pytest.raises(ValueError, match="unknown model"):
+        M.preset("gru4rec")
+    with pytest.raises(ValueError, match="only applies"):
+        M.preset("sasrec", ablation="no_reg")
+
+
+def test_prepare_data_counts():
+    from jaxrec.data import synthetic
+
+    s = synthetic.sequences(n_users=50, n_items=30, mean_len=8, min_len=3, max_len=20, seed=1)
+    d = M.prepare_data(s, max_len=8)
+    lens = np.array([len(x) for x in s.seqs])
+    assert len(d["train_target"]) == int(np.maximum(lens - 3, 0).sum())
+    assert d["valid_seq"].shape == (50, 8) and d["test_seq"].shape == (50, 8)
+    for u in (0, 7):
+        np.testing.assert_array_equal(_real(d["test_seq"][u]), s.seqs[u][:-1][-8:])
+        np.testing.assert_array_equal(_real(d["valid_seq"][u]), s.seqs[u][:-2][-8:])
+        assert d["test_target"][u] == s.seqs[u][-1] and d["valid_target"][u] == s.seqs[u][-2]
+
+
+def test_short_run_improves_validation_ndcg():
+    data = _data()
+    model, state, _ = _setup()
+    before = M.evaluate(model, state.theta, data["valid_seq"], data["valid_target"], block=512)
+    res = M.train(M.preset("mclrec", **TINY), data, seed=0, log=None)
+    assert M.build(M.preset("mclrec", **TINY), data["n_items"]) is model  # compiled step reused
+    assert res["valid"]["ndcg@10"] > before["ndcg@10"] + 0.1, (before, res["valid"])
+    assert res["test"]["hit@10"] > 0.3
+
+
+def test_real_beauty_protocol(data_dir):
+    from jaxrec.data import load_sequences
+
+    s = load_sequences("Amazon_Beauty", data_dir)
+    d = M.prepare_data(s, max_len=50)
+    assert d["n_items"] == 12101 and len(d["valid_target"]) == 22363
+    assert len(d["train_target"]) == 198502 - 3 * 22363
+    assert d["train_seq"].shape == (131413, 50)
