@@ -3,7 +3,7 @@
     python -m experiments.mf_bpr                                   # synthetic data, 3 seeds, offline, < 1 min
     python -m experiments.mf_bpr --dataset ml-100k --data-dir ../shared/data --seeds 3
 
-Protocol: per-user random split 70/10/20 (test = 20% of each user's interactions, validation = 10% of
+Protocol: per-user random split 72/8/20 (test = 20% of each user's interactions, validation = 10% of
 the remaining training interactions; ``jaxrec.data.ratio_split`` seeded by the run seed); every
 interaction counts as implicit feedback (``--min-rating`` keeps only ratings >= a threshold). MF is
 trained with BPR (one uniform negative per positive, resampled every epoch), Adam, an L2 penalty on the

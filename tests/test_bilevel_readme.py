@@ -9,16 +9,24 @@ from jax.experimental import checkify
 
 import jaxrec.bilevel as bl
 
-SECTION = Path(__file__).resolve().parents[1] / "docs" / "sections" / "bilevel_README.md"
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _section_text():
+    """The README's "## Hypergradients" section, up to the next level-2 heading."""
+    text = README.read_text()
+    start = text.index("## Hypergradients")
+    end = text.find("\n## ", start + 1)
+    return text[start:] if end < 0 else text[start:end]
 
 
 def test_readme_hypergradient_examples_run():
-    """Execute every ```python block of docs/sections/bilevel_README.md in order, in one namespace."""
-    blocks = re.findall(r"```python\n(.*?)```", SECTION.read_text(), flags=re.S)
+    """Execute every ```python block of README.md's Hypergradients section in order, in one namespace."""
+    blocks = re.findall(r"```python\n(.*?)```", _section_text(), flags=re.S)
     assert len(blocks) >= 6, "expected one example per mode in the Hypergradients section"
     ns = {"__name__": "readme_example"}
     for i, code in enumerate(blocks):
-        exec(compile(code, f"{SECTION.name}[block {i}]", "exec"), ns)
+        exec(compile(code, f"README.md Hypergradients [block {i}]", "exec"), ns)
     # the examples exercise every mode
     text = "\n".join(blocks)
     for name in ("bl.unrolled", "bl.unroll(", "bl.one_step", "bl.implicit", "bl.argmin", "bl.adapt",

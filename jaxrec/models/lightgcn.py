@@ -20,7 +20,7 @@ Two sparse back ends compute ``A_hat @ E``:
 - ``"bcoo"``: ``jax.experimental.sparse.BCOO`` matrix times dense matrix.
 
 Both are differentiable in ``E``. ``benchmark_backends`` times them; on the 2-core CPU of this project the
-segment-sum back end is the default (see ``docs/sections/mal_RESULTS.md`` for the measurement).
+segment-sum back end is the default (see ``RESULTS.md (MAL section)`` for the measurement).
 """
 from __future__ import annotations
 
