@@ -93,19 +93,7 @@ def unrolled(inner_loss, outer_loss, *, steps: int, lr, checkpoint: bool = False
     def objective(theta, lam, inner_batch, outer_batch):
         return outer_loss(tbar(theta, lam, inner_batch), lam, outer_batch)
 
-    if wrt_theta:
-        vg = jax.value_and_grad(objective, argnums=(1, 0))
-
-        def hypergrad(theta, lam, inner_batch, outer_batch):
-            val, (d_lam, d_theta) = vg(theta, lam, inner_batch, outer_batch)
-            return val, d_lam, d_theta
-    else:
-        vg = jax.value_and_grad(objective, argnums=1)
-
-        def hypergrad(theta, lam, inner_batch, outer_batch):
-            return vg(theta, lam, inner_batch, outer_batch)
-
-    return with_finite_check(hypergrad, "unrolled hypergradient") if check else hypergrad
+    return _hypergrad_of(objective, wrt_theta, check, "unrolled hypergradient")
 
 
 def one_step(inner_loss, outer_loss, *, lr, wrt_theta: bool = False, check: bool = False):
@@ -122,6 +110,12 @@ def one_step(inner_loss, outer_loss, *, lr, wrt_theta: bool = False, check: bool
         tt = tree_sgd_step(theta, grad_in(theta, lam, inner_batch), _resolve_lr(lr, lam))
         return outer_loss(tt, lam, outer_batch)
 
+    return _hypergrad_of(objective, wrt_theta, check, "one-step hypergradient")
+
+
+def _hypergrad_of(objective, wrt_theta: bool, check: bool, what: str):
+    """``hypergrad(theta, lam, inner_batch, outer_batch)`` returning ``(F, dF/dlam)`` of
+    ``F = objective(theta, lam, inner_batch, outer_batch)``, plus ``dF/dtheta`` when ``wrt_theta``."""
     if wrt_theta:
         vg = jax.value_and_grad(objective, argnums=(1, 0))
 
@@ -130,4 +124,4 @@ def one_step(inner_loss, outer_loss, *, lr, wrt_theta: bool = False, check: bool
             return val, d_lam, d_theta
     else:
         hypergrad = jax.value_and_grad(objective, argnums=1)
-    return with_finite_check(hypergrad, "one-step hypergradient") if check else hypergrad
+    return with_finite_check(hypergrad, what) if check else hypergrad
