@@ -162,6 +162,16 @@ def tune(cfg: mal.MALConfig, grid: list[dict], args, cache: dict) -> tuple[mal.M
     return best[2], [(r[1], r[0]) for r in rows]
 
 
+def tuned_base(args, base: str, cache: dict) -> mal.MALConfig:
+    """The base model (no auxiliary tasks) tuned over ``BASE_GRID`` on seed 0's validation recall@20."""
+    return tune(base_config(args, base=base, aux=(), mode="sog"), BASE_GRID[args.grid], args, cache)[0]
+
+
+def tuned_mal(b_best: mal.MALConfig, args, cache: dict) -> mal.MALConfig:
+    """MAL (both auxiliary tasks, SOG) tuned over ``AUX_GRID`` at the tuned base's lr/L2."""
+    return tune(dataclasses.replace(b_best, aux=("user", "item"), mode="sog"), AUX_GRID[args.grid], args, cache)[0]
+
+
 def run_seeds(cfg, args, cache) -> list[dict]:
     return [run_one(cfg, args.dataset, args.data_dir, s, args.out, not args.no_save, split_cache=cache)["metrics"]
             for s in seed_list(args)]
@@ -185,10 +195,8 @@ def table_main(args) -> str:
     blocks = []
     for base in bases:
         rows = {}
-        b_cfg = base_config(args, base=base, aux=(), mode="sog")
-        b_best, _ = tune(b_cfg, BASE_GRID[args.grid], args, cache)
-        m_cfg = dataclasses.replace(b_best, aux=("user", "item"), mode="sog")
-        m_best, _ = tune(m_cfg, AUX_GRID[args.grid], args, cache)
+        b_best = tuned_base(args, base, cache)
+        m_best = tuned_mal(b_best, args, cache)
         rows[b_best.name] = run_seeds(b_best, args, cache)
         rows[m_best.name] = run_seeds(m_best, args, cache)
         if not args.no_save:
@@ -206,8 +214,7 @@ def table_ablation(args) -> str:
     cache = {}
     blocks = []
     for base in args.bases.split(","):
-        b_cfg = base_config(args, base=base, aux=(), mode="sog")
-        b_best, _ = tune(b_cfg, BASE_GRID[args.grid], args, cache)
+        b_best = tuned_base(args, base, cache)
         rows = {b_best.name: run_seeds(b_best, args, cache)}
         variants = [(("user",), "fixed"), (("item",), "fixed"), (("user",), "sog"), (("item",), "sog"),
                     (("user", "item"), "fixed"), (("user", "item"), "sog")]
@@ -228,9 +235,7 @@ def table_sog_vs_ig(args) -> str:
     cache = {}
     blocks = []
     for base in args.bases.split(","):
-        b_cfg = base_config(args, base=base, aux=(), mode="sog")
-        b_best, _ = tune(b_cfg, BASE_GRID[args.grid], args, cache)
-        m_best, _ = tune(dataclasses.replace(b_best, aux=("user", "item"), mode="sog"), AUX_GRID[args.grid], args, cache)
+        m_best = tuned_mal(tuned_base(args, base, cache), args, cache)
         ig = dataclasses.replace(m_best, mode="ig")  # same hyper-parameters, IG hypergradient
         rows = {m_best.name + " (SOG)": run_seeds(m_best, args, cache), ig.name: run_seeds(ig, args, cache)}
         cols = ["recall@10", "ndcg@10", "precision@10"]
