@@ -8,6 +8,13 @@ Examples (results land in ``results/meta_wrapper/<dataset>/``)::
     python experiments/meta_wrapper.py --table main --dataset ml-100k --seeds 3
     python experiments/meta_wrapper.py --table ablation --dataset ml-100k --seeds 3
     python experiments/meta_wrapper.py --model mw --dataset synthetic        # one model
+    python experiments/meta_wrapper.py --table tune --dataset ml-100k --lrs 1e-3 5e-3 --l2s 0 1e-6
+    python experiments/meta_wrapper.py --table main --dataset ml-100k --seeds 5 --tuned
+
+``--table tune`` gives every model of the table (default: the main models) the same validation grid
+(``--lrs`` x ``--l2s``) on seed 0's split and writes the best setting per model (validation AUC) to
+``results/meta_wrapper/<dataset>/tuned.json``; ``--tuned`` makes main / ablation / sensitivity read it
+(M1-M4 and the sensitivity runs use Meta-Wrapper's setting) and tag their files ``<table>_tuned``.
 
 ``--model`` names: base, wdl, pnn, deepfm, din (baselines, full training set), mw (= M4), M1..M4, and for
 the synthetic study fs (= DIN), fs_l2, fs_dropout.
@@ -129,6 +136,60 @@ def table_synthetic(args):
         print("matplotlib missing: no figure")
 
 
+def _tuned_path(args) -> Path:
+    return Path(args.out) / EXPERIMENT / args.dataset / "tuned.json"
+
+
+def tuned_overrides(args, name: str) -> dict:
+    """The ``{"lr": .., "l2": ..}`` selected by ``--table tune`` for model ``name`` (M1-M4 and the
+    sensitivity runs use ``mw``'s), or ``{}`` without ``--tuned``."""
+    if not getattr(args, "tuned", False):
+        return {}
+    path = _tuned_path(args)
+    if not path.exists():
+        raise SystemExit(f"--tuned: {path} not found; run --table tune --dataset {args.dataset} first")
+    tuned = json.loads(path.read_text())
+    key = "mw" if name in ABLATION else name
+    if key not in tuned:
+        raise SystemExit(f"--tuned: {path} has no entry for {key!r} (has {sorted(tuned)}); "
+                         f"rerun --table tune with --models including {key}")
+    return {k: tuned[key][k] for k in ("lr", "l2")}
+
+
+def table_tune(args):
+    """Equal validation budget for every model: the grid ``--lrs`` x ``--l2s`` on the split of each seed
+    in ``--seed-list`` (default seed 0); selects the best mean validation AUC per model (test AUC is
+    recorded in the files, never used) and writes ``tuned.json``."""
+    from jaxrec.results import format_table
+
+    names = tuple(args.models or MAIN_MODELS)
+    seeds = list(args.seed_list) if args.seed_list else [0]
+    grid = [(lr, l2) for lr in args.lrs for l2 in args.l2s]
+    val = {(n, g): [] for n in names for g in grid}
+    for seed in seeds:
+        split = load_split(args, seed)
+        for name in names:
+            for lr, l2 in grid:
+                res = run_one(name, args, split, seed, f"tune_lr{lr:g}_l2{l2:g}", lr=lr, l2=l2)
+                val[(name, (lr, l2))].append(res["best"]["val_auc"])
+    tuned, rows = {}, {}
+    for name in names:
+        scores = {g: float(np.mean(val[(name, g)])) for g in grid}
+        best = max(grid, key=lambda g: scores[g])
+        tuned[name] = {"lr": best[0], "l2": best[1], "val_auc": scores[best],
+                       "grid": {f"lr={g[0]:g},l2={g[1]:g}": scores[g] for g in grid}}
+        rows[name] = [{f"lr={g[0]:g},l2={g[1]:g}": scores[g] for g in grid}]
+    print(format_table(rows, row_header="model (val AUC)"))
+    print("selected:", {n: (t["lr"], t["l2"]) for n, t in tuned.items()})
+    if not args.no_save:
+        path = _tuned_path(args)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        old = json.loads(path.read_text()) if path.exists() else {}
+        old.update(tuned)
+        path.write_text(json.dumps(old, indent=2))
+        print(f"wrote {path}")
+
+
 def table_models(args, names, tag):
     """Test AUC (best-validation epoch) and RelaImpr over Base, mean ± std over seeds."""
     from jaxrec.metrics import rela_impr
@@ -138,7 +199,7 @@ def table_models(args, names, tag):
     for seed in seed_list(args):
         split = load_split(args, seed)
         for name in names:
-            res = run_one(name, args, split, seed, tag)
+            res = run_one(name, args, split, seed, tag, **tuned_overrides(args, name))
             rows.setdefault(name, []).append({"test_auc": res["best"]["test_auc"], "val_auc": res["best"]["val_auc"],
                                               "epoch": res["best"]["epoch"], "step_ms": 1e3 * res["step_time"]})
     ref = names[0]
@@ -158,7 +219,8 @@ def table_sensitivity(args):
     for seed in seed_list(args):
         split = load_split(args, seed)
         for k, v in grid:
-            res = run_one("mw", args, split, seed, f"sens_{k}{v}", **{k: v})
+            over = dict(tuned_overrides(args, "mw"), **{k: v})
+            res = run_one("mw", args, split, seed, f"sens{'_tuned' if args.tuned else ''}_{k}{v}", **over)
             rows.setdefault(f"{k}={v}", []).append({"test_auc": res["best"]["test_auc"],
                                                     "val_auc": res["best"]["val_auc"]})
     print(format_table(rows, columns=["test_auc", "val_auc"], row_header="setting"))
@@ -238,7 +300,7 @@ def table_report(args):
     from jaxrec.results import format_table, load_results
 
     tag = args.report_tag
-    names = tuple(args.models or (MAIN_MODELS if tag == "main" else ABLATION))
+    names = tuple(args.models or (MAIN_MODELS if tag.startswith("main") else ABLATION))
     recs = {n: {r["seed"]: r["metrics"] for r in load_results(EXPERIMENT, args.dataset, args.out, f"{tag}_{n}_seed*.json")}
             for n in names}
     ref = names[0]
@@ -257,9 +319,14 @@ def table_report(args):
 def main(argv=None):
     p = common_parser(__doc__.splitlines()[0])
     p.add_argument("--table", default="single",
-                   choices=["single", "synthetic", "main", "ablation", "sensitivity", "timing", "report"])
-    p.add_argument("--report-tag", default="main", choices=["main", "ablation"],
+                   choices=["single", "synthetic", "tune", "main", "ablation", "sensitivity", "timing",
+                            "report"])
+    p.add_argument("--report-tag", default="main", choices=["main", "ablation", "main_tuned", "ablation_tuned"],
                    help="which saved table --table report aggregates")
+    p.add_argument("--tuned", action="store_true",
+                   help="main/ablation/sensitivity: use the lr/l2 per model from --table tune (tuned.json)")
+    p.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 5e-3], help="--table tune: learning rates")
+    p.add_argument("--l2s", type=float, nargs="+", default=[0.0, 1e-6], help="--table tune: l2 weights")
     p.add_argument("--model", default="mw", help="model for --table single")
     p.add_argument("--models", nargs="+", default=None, help="override the model list of a table")
     p.add_argument("--lr", type=float, default=1e-3)
@@ -283,12 +350,15 @@ def main(argv=None):
         args.epochs = 30 if args.dataset == "synthetic" else 5
     if args.quick:
         args.epochs, args.timing_steps, args.timing_rounds = 2, 5, 2
+    suffix = "_tuned" if args.tuned else ""
     if args.table == "synthetic":
         table_synthetic(args)
+    elif args.table == "tune":
+        table_tune(args)
     elif args.table == "main":
-        table_models(args, tuple(args.models or MAIN_MODELS), "main")
+        table_models(args, tuple(args.models or MAIN_MODELS), "main" + suffix)
     elif args.table == "ablation":
-        table_models(args, tuple(args.models or ABLATION), "ablation")
+        table_models(args, tuple(args.models or ABLATION), "ablation" + suffix)
     elif args.table == "sensitivity":
         table_sensitivity(args)
     elif args.table == "timing":

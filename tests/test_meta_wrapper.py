@@ -157,3 +157,25 @@ def test_train_runs_and_is_reproducible():
         assert a["history"][-1][k] == b["history"][-1][k]
     with pytest.raises(ValueError, match="din"):
         MWConfig(model="base", variant="M4")
+
+
+def test_cli_tune_selects_best_validation_setting_and_tuned_reuses_it(tmp_path, capsys):
+    import json
+
+    from experiments.meta_wrapper import main
+
+    out = str(tmp_path)
+    with pytest.raises(SystemExit, match="tuned.json"):
+        main(["--table", "main", "--tuned", "--quick", "--models", "base", "--out", out])
+    main(["--table", "tune", "--quick", "--models", "base", "--lrs", "1e-3", "2e-2", "--l2s", "0",
+          "--out", out])
+    tuned = json.loads((tmp_path / "meta_wrapper" / "synthetic" / "tuned.json").read_text())
+    grid = tuned["base"]["grid"]
+    assert len(grid) == 2
+    assert tuned["base"]["val_auc"] == max(grid.values())
+    assert f"lr={tuned['base']['lr']:g},l2=0" in grid
+    main(["--table", "main", "--tuned", "--quick", "--models", "base", "--out", out])
+    rec = json.loads((tmp_path / "meta_wrapper" / "synthetic" / "main_tuned_base_seed0.json").read_text())
+    assert rec["config"]["lr"] == tuned["base"]["lr"]
+    with pytest.raises(SystemExit, match="no entry for 'din'"):
+        main(["--table", "main", "--tuned", "--quick", "--models", "din", "--out", out])
