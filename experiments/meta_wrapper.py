@@ -156,6 +156,17 @@ def tuned_overrides(args, name: str) -> dict:
     return {k: tuned[key][k] for k in ("lr", "l2")}
 
 
+def _saved_run(args, name, tag, seed, cfg):
+    """The saved metrics of run ``tag``/``name``/``seed`` if its file exists with exactly ``cfg``."""
+    path = Path(args.out) / EXPERIMENT / args.dataset / f"{tag}_{name}_seed{seed}.json"
+    if args.no_save or not path.exists():
+        return None
+    rec = json.loads(path.read_text())
+    saved = {k: v for k, v in rec["config"].items() if k not in ("name", "table")}
+    want = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    return rec["metrics"] if saved == want else None
+
+
 def table_tune(args):
     """Equal validation budget for every model: the grid ``--lrs`` x ``--l2s`` on the split of each seed
     in ``--seed-list`` (default seed 0); selects the best mean validation AUC per model (test AUC is
@@ -170,7 +181,13 @@ def table_tune(args):
         split = load_split(args, seed)
         for name in names:
             for lr, l2 in grid:
-                res = run_one(name, args, split, seed, f"tune_lr{lr:g}_l2{l2:g}", lr=lr, l2=l2)
+                tag = f"tune_lr{lr:g}_l2{l2:g}"
+                done = _saved_run(args, name, tag, seed, make_config(name, args, lr=lr, l2=l2))
+                if done is not None:  # the same run is on disk (e.g. the grid was widened): reuse it
+                    print(f"[{tag}] {name} seed={seed} val_auc={done['val_auc']:.4f} (saved)", flush=True)
+                    val[(name, (lr, l2))].append(done["val_auc"])
+                    continue
+                res = run_one(name, args, split, seed, tag, lr=lr, l2=l2)
                 val[(name, (lr, l2))].append(res["best"]["val_auc"])
     tuned, rows = {}, {}
     for name in names:

@@ -174,6 +174,11 @@ def test_cli_tune_selects_best_validation_setting_and_tuned_reuses_it(tmp_path, 
     assert len(grid) == 2
     assert tuned["base"]["val_auc"] == max(grid.values())
     assert f"lr={tuned['base']['lr']:g},l2=0" in grid
+    capsys.readouterr()
+    main(["--table", "tune", "--quick", "--models", "base", "--lrs", "1e-3", "2e-2", "--l2s", "0",
+          "--out", out])  # the same grid again: both runs are read back, not retrained
+    assert capsys.readouterr().out.count("(saved)") == 2
+    assert json.loads((tmp_path / "meta_wrapper" / "synthetic" / "tuned.json").read_text()) == tuned
     main(["--table", "main", "--tuned", "--quick", "--models", "base", "--out", out])
     rec = json.loads((tmp_path / "meta_wrapper" / "synthetic" / "main_tuned_base_seed0.json").read_text())
     assert rec["config"]["lr"] == tuned["base"]["lr"]
