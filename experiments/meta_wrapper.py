@@ -227,19 +227,32 @@ def table_models(args, names, tag):
 
 
 def table_sensitivity(args):
-    """MW test AUC over N, mu, beta (one factor at a time around the given defaults)."""
+    """MW test (and validation) AUC over N, mu, beta, one factor at a time around the current setting
+    (``--n-inner``/``--mu``/``--beta``, lr/l2 from ``--tuned`` if given). A configuration already on disk
+    (the centre point from the ``main`` table, or a point shared by two factors) is read back, not
+    retrained."""
     from jaxrec.results import format_table
 
+    suffix = "_tuned" if args.tuned else ""
+    values = {"n_inner": (1, 2, 3), "mu": (0.2, 0.4, 0.6, 0.8), "beta": (1e-4, 1e-3, 1e-2, 1.0)}
+    grid = [(k, v) for k in args.factors for v in values[k]]
+    centre = {"n_inner": args.n_inner, "mu": args.mu, "beta": args.beta}
     rows = {}
-    grid = [("n_inner", v) for v in (1, 2, 3)] + [("mu", v) for v in (0.2, 0.4, 0.6, 0.8)] + \
-           [("beta", v) for v in (1e-4, 1e-3, 1e-2, 1.0)]
     for seed in seed_list(args):
-        split = load_split(args, seed)
+        split = None
         for k, v in grid:
-            over = dict(tuned_overrides(args, "mw"), **{k: v})
-            res = run_one("mw", args, split, seed, f"sens{'_tuned' if args.tuned else ''}_{k}{v}", **over)
-            rows.setdefault(f"{k}={v}", []).append({"test_auc": res["best"]["test_auc"],
-                                                    "val_auc": res["best"]["val_auc"]})
+            point = dict(centre, **{k: v})
+            over = dict(tuned_overrides(args, "mw"), **point)
+            tag = f"sens{suffix}_N{point['n_inner']}_mu{point['mu']:g}_beta{point['beta']:g}"
+            cfg = make_config("mw", args, **over)
+            done = next((m for m in (_saved_run(args, "mw", t, seed, cfg) for t in (tag, "main" + suffix))
+                         if m is not None), None)
+            if done is None:
+                split = split if split is not None else load_split(args, seed)
+                done = run_one("mw", args, split, seed, tag, **over)["best"]
+            else:
+                print(f"[{tag}] mw seed={seed} test_auc={done['test_auc']:.4f} (saved)", flush=True)
+            rows.setdefault(f"{k}={v:g}", []).append({"test_auc": done["test_auc"], "val_auc": done["val_auc"]})
     print(format_table(rows, columns=["test_auc", "val_auc"], row_header="setting"))
 
 
@@ -342,6 +355,8 @@ def main(argv=None):
                    help="which saved table --table report aggregates")
     p.add_argument("--tuned", action="store_true",
                    help="main/ablation/sensitivity: use the lr/l2 per model from --table tune (tuned.json)")
+    p.add_argument("--factors", nargs="+", default=["n_inner", "mu", "beta"],
+                   choices=["n_inner", "mu", "beta"], help="--table sensitivity: the factors to vary")
     p.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 5e-3], help="--table tune: learning rates")
     p.add_argument("--l2s", type=float, nargs="+", default=[0.0, 1e-6], help="--table tune: l2 weights")
     p.add_argument("--model", default="mw", help="model for --table single")

@@ -184,3 +184,18 @@ def test_cli_tune_selects_best_validation_setting_and_tuned_reuses_it(tmp_path, 
     assert rec["config"]["lr"] == tuned["base"]["lr"]
     with pytest.raises(SystemExit, match="no entry for 'din'"):
         main(["--table", "main", "--tuned", "--quick", "--models", "din", "--out", out])
+
+
+def test_cli_sensitivity_reuses_saved_runs_of_the_same_setting(tmp_path, capsys):
+    from experiments.meta_wrapper import main
+
+    common = ["--quick", "--epochs", "1", "--out", str(tmp_path)]
+    main(["--table", "main", "--models", "mw"] + common)
+    capsys.readouterr()
+    main(["--table", "sensitivity", "--factors", "mu"] + common)
+    out = capsys.readouterr().out
+    # the centre mu = 0.4 is the main table's MW run: read back; the other three are trained
+    assert out.count("(saved)") == 1
+    assert len(list((tmp_path / "meta_wrapper" / "synthetic").glob("sens_*_mw_seed0.json"))) == 3
+    for row in ("mu=0.2", "mu=0.4", "mu=0.8"):
+        assert f"| {row} |" in out
