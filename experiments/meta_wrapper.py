@@ -167,6 +167,26 @@ def _saved_run(args, name, tag, seed, cfg):
     return rec["metrics"] if saved == want else None
 
 
+def _reuse_run(args, name, seed, cfg, tag, tags):
+    """Metrics of an identical run (same model, config and seed) saved under one of ``tags``, or None.
+    A run found under another tag (the tuning run of the selected setting is seed 0 of the tuned table)
+    is copied to ``tag``'s file name, with ``reused_from`` naming the original."""
+    for t in tags:
+        m = _saved_run(args, name, t, seed, cfg)
+        if m is None:
+            continue
+        if t != tag:
+            folder = Path(args.out) / EXPERIMENT / args.dataset
+            rec = json.loads((folder / f"{t}_{name}_seed{seed}.json").read_text())
+            rec["config"]["table"] = tag
+            rec["reused_from"] = f"{t}_{name}_seed{seed}.json"
+            (folder / f"{tag}_{name}_seed{seed}.json").write_text(json.dumps(rec, indent=2))
+        print(f"[{tag}] {name} seed={seed} test_auc={m['test_auc']:.4f} val_auc={m['val_auc']:.4f} "
+              f"(saved {t})", flush=True)
+        return m
+    return None
+
+
 def table_tune(args):
     """Equal validation budget for every model: the grid ``--lrs`` x ``--l2s`` on the split of each seed
     in ``--seed-list`` (default seed 0); selects the best mean validation AUC per model (test AUC is
@@ -214,11 +234,17 @@ def table_models(args, names, tag):
 
     rows = {}
     for seed in seed_list(args):
-        split = load_split(args, seed)
+        split = None
         for name in names:
-            res = run_one(name, args, split, seed, tag, **tuned_overrides(args, name))
-            rows.setdefault(name, []).append({"test_auc": res["best"]["test_auc"], "val_auc": res["best"]["val_auc"],
-                                              "epoch": res["best"]["epoch"], "step_ms": 1e3 * res["step_time"]})
+            over = tuned_overrides(args, name)
+            m = _reuse_run(args, name, seed, make_config(name, args, **over), tag,
+                           [tag] + ([f"tune_lr{over['lr']:g}_l2{over['l2']:g}"] if over and name not in ABLATION else []))
+            if m is None:
+                split = split if split is not None else load_split(args, seed)
+                res = run_one(name, args, split, seed, tag, **over)
+                m = dict(res["best"], step_time=res["step_time"])
+            rows.setdefault(name, []).append({"test_auc": m["test_auc"], "val_auc": m["val_auc"],
+                                              "epoch": m["epoch"], "step_ms": 1e3 * m["step_time"]})
     ref = names[0]
     for name in names:
         for r, b in zip(rows[name], rows[ref]):

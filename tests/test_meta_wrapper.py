@@ -179,9 +179,14 @@ def test_cli_tune_selects_best_validation_setting_and_tuned_reuses_it(tmp_path, 
           "--out", out])  # the same grid again: both runs are read back, not retrained
     assert capsys.readouterr().out.count("(saved)") == 2
     assert json.loads((tmp_path / "meta_wrapper" / "synthetic" / "tuned.json").read_text()) == tuned
-    main(["--table", "main", "--tuned", "--quick", "--models", "base", "--out", out])
-    rec = json.loads((tmp_path / "meta_wrapper" / "synthetic" / "main_tuned_base_seed0.json").read_text())
-    assert rec["config"]["lr"] == tuned["base"]["lr"]
+    main(["--table", "main", "--tuned", "--quick", "--models", "base", "--seeds", "2", "--out", out])
+    out_text = capsys.readouterr().out
+    assert out_text.count("(saved tune_") == 1  # seed 0 is the tuning run of the selected setting
+    for seed in (0, 1):
+        rec = json.loads((tmp_path / "meta_wrapper" / "synthetic" / f"main_tuned_base_seed{seed}.json").read_text())
+        assert rec["config"]["lr"] == tuned["base"]["lr"]
+        assert rec["config"]["table"] == "main_tuned"
+    assert rec["seed"] == 1 and "reused_from" not in rec
     with pytest.raises(SystemExit, match="no entry for 'din'"):
         main(["--table", "main", "--tuned", "--quick", "--models", "din", "--out", out])
 
