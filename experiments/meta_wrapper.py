@@ -167,22 +167,23 @@ def _saved_run(args, name, tag, seed, cfg):
     return rec["metrics"] if saved == want else None
 
 
-def _reuse_run(args, name, seed, cfg, tag, tags):
-    """Metrics of an identical run (same model, config and seed) saved under one of ``tags``, or None.
-    A run found under another tag (the tuning run of the selected setting is seed 0 of the tuned table)
-    is copied to ``tag``'s file name, with ``reused_from`` naming the original."""
-    for t in tags:
-        m = _saved_run(args, name, t, seed, cfg)
+def _reuse_run(args, name, seed, cfg, tag, sources):
+    """Metrics of an identical run (same config and seed) saved as one of ``sources`` (pairs of
+    (tag, model name)), or None. A run found under another file name (the tuning run of the selected
+    setting is seed 0 of the tuned table; the main table's ``mw`` is the ablation's ``M4``) is copied to
+    ``{tag}_{name}``, with ``reused_from`` naming the original."""
+    for t, n in sources:
+        m = _saved_run(args, n, t, seed, cfg)
         if m is None:
             continue
-        if t != tag:
+        if (t, n) != (tag, name):
             folder = Path(args.out) / EXPERIMENT / args.dataset
-            rec = json.loads((folder / f"{t}_{name}_seed{seed}.json").read_text())
-            rec["config"]["table"] = tag
-            rec["reused_from"] = f"{t}_{name}_seed{seed}.json"
+            rec = json.loads((folder / f"{t}_{n}_seed{seed}.json").read_text())
+            rec["config"].update(table=tag, name=name)
+            rec["reused_from"] = f"{t}_{n}_seed{seed}.json"
             (folder / f"{tag}_{name}_seed{seed}.json").write_text(json.dumps(rec, indent=2))
         print(f"[{tag}] {name} seed={seed} test_auc={m['test_auc']:.4f} val_auc={m['val_auc']:.4f} "
-              f"(saved {t})", flush=True)
+              f"(saved {t}_{n})", flush=True)
         return m
     return None
 
@@ -237,8 +238,12 @@ def table_models(args, names, tag):
         split = None
         for name in names:
             over = tuned_overrides(args, name)
-            m = _reuse_run(args, name, seed, make_config(name, args, **over), tag,
-                           [tag] + ([f"tune_lr{over['lr']:g}_l2{over['l2']:g}"] if over and name not in ABLATION else []))
+            sources = [(tag, name)]
+            if over and name not in ABLATION:
+                sources.append((f"tune_lr{over['lr']:g}_l2{over['l2']:g}", name))
+            if name == "M4":
+                sources.append((tag.replace("ablation", "main"), "mw"))
+            m = _reuse_run(args, name, seed, make_config(name, args, **over), tag, sources)
             if m is None:
                 split = split if split is not None else load_split(args, seed)
                 res = run_one(name, args, split, seed, tag, **over)

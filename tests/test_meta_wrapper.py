@@ -187,6 +187,13 @@ def test_cli_tune_selects_best_validation_setting_and_tuned_reuses_it(tmp_path, 
         assert rec["config"]["lr"] == tuned["base"]["lr"]
         assert rec["config"]["table"] == "main_tuned"
     assert rec["seed"] == 1 and "reused_from" not in rec
+    # the ablation's M4 is the main table's Meta-Wrapper run (same config): read back, not retrained
+    main(["--table", "main", "--quick", "--models", "mw", "--out", out])
+    capsys.readouterr()
+    main(["--table", "ablation", "--quick", "--models", "M4", "--out", out])
+    assert "(saved main_mw)" in capsys.readouterr().out
+    rec = json.loads((tmp_path / "meta_wrapper" / "synthetic" / "ablation_M4_seed0.json").read_text())
+    assert rec["reused_from"] == "main_mw_seed0.json" and rec["config"]["name"] == "M4"
     with pytest.raises(SystemExit, match="no entry for 'din'"):
         main(["--table", "main", "--tuned", "--quick", "--models", "din", "--out", out])
 
