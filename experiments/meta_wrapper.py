@@ -167,25 +167,40 @@ def _saved_run(args, name, tag, seed, cfg):
     return rec["metrics"] if saved == want else None
 
 
-def _reuse_run(args, name, seed, cfg, tag, sources):
+def _reuse_run(args, name, seed, cfg, tag, sources, *, copy=True, show_source=True):
     """Metrics of an identical run (same config and seed) saved as one of ``sources`` (pairs of
-    (tag, model name)), or None. A run found under another file name (the tuning run of the selected
-    setting is seed 0 of the tuned table; the main table's ``mw`` is the ablation's ``M4``) is copied to
-    ``{tag}_{name}``, with ``reused_from`` naming the original."""
+    (tag, model name)), or None. With ``copy``, a run found under another file name (the tuning run of
+    the selected setting is seed 0 of the tuned table; the main table's ``mw`` is the ablation's ``M4``) is
+    copied to ``{tag}_{name}``, with ``reused_from`` naming the original."""
     for t, n in sources:
         m = _saved_run(args, n, t, seed, cfg)
         if m is None:
             continue
-        if (t, n) != (tag, name):
+        if copy and (t, n) != (tag, name):
             folder = Path(args.out) / EXPERIMENT / args.dataset
             rec = json.loads((folder / f"{t}_{n}_seed{seed}.json").read_text())
             rec["config"].update(table=tag, name=name)
             rec["reused_from"] = f"{t}_{n}_seed{seed}.json"
             (folder / f"{tag}_{name}_seed{seed}.json").write_text(json.dumps(rec, indent=2))
         print(f"[{tag}] {name} seed={seed} test_auc={m['test_auc']:.4f} val_auc={m['val_auc']:.4f} "
-              f"(saved {t}_{n})", flush=True)
+              f"(saved{f' {t}_{n}' if show_source else ''})", flush=True)
         return m
     return None
+
+
+def _run_or_reuse(args, name, seed, tag, over, sources, splits, **reuse):
+    """Metrics (best epoch + ``step_time``) of model ``name`` with overrides ``over`` on ``seed``: read
+    back from ``sources`` (see :func:`_reuse_run`, keywords ``reuse``) if an identical run is saved, else
+    trained and saved as ``tag``. ``splits`` caches the split of the current seed only (loaded on first
+    need, so a seed whose runs are all on disk loads no data)."""
+    m = _reuse_run(args, name, seed, make_config(name, args, **over), tag, sources, **reuse)
+    if m is None:
+        if seed not in splits:
+            splits.clear()
+            splits[seed] = load_split(args, seed)
+        res = run_one(name, args, splits[seed], seed, tag, **over)
+        m = dict(res["best"], step_time=res["step_time"])
+    return m
 
 
 def table_tune(args):
@@ -198,18 +213,14 @@ def table_tune(args):
     seeds = list(args.seed_list) if args.seed_list else [0]
     grid = [(lr, l2) for lr in args.lrs for l2 in args.l2s]
     val = {(n, g): [] for n in names for g in grid}
+    splits = {}
     for seed in seeds:
-        split = load_split(args, seed)
         for name in names:
-            for lr, l2 in grid:
+            for lr, l2 in grid:  # a point already on disk (e.g. the grid was widened) is read back
                 tag = f"tune_lr{lr:g}_l2{l2:g}"
-                done = _saved_run(args, name, tag, seed, make_config(name, args, lr=lr, l2=l2))
-                if done is not None:  # the same run is on disk (e.g. the grid was widened): reuse it
-                    print(f"[{tag}] {name} seed={seed} val_auc={done['val_auc']:.4f} (saved)", flush=True)
-                    val[(name, (lr, l2))].append(done["val_auc"])
-                    continue
-                res = run_one(name, args, split, seed, tag, lr=lr, l2=l2)
-                val[(name, (lr, l2))].append(res["best"]["val_auc"])
+                m = _run_or_reuse(args, name, seed, tag, {"lr": lr, "l2": l2}, [(tag, name)], splits,
+                                  show_source=False)
+                val[(name, (lr, l2))].append(m["val_auc"])
     tuned, rows = {}, {}
     for name in names:
         scores = {g: float(np.mean(val[(name, g)])) for g in grid}
@@ -233,9 +244,8 @@ def table_models(args, names, tag):
     from jaxrec.metrics import rela_impr
     from jaxrec.results import format_table
 
-    rows = {}
+    rows, splits = {}, {}
     for seed in seed_list(args):
-        split = None
         for name in names:
             over = tuned_overrides(args, name)
             sources = [(tag, name)]
@@ -243,11 +253,7 @@ def table_models(args, names, tag):
                 sources.append((f"tune_lr{over['lr']:g}_l2{over['l2']:g}", name))
             if name == "M4":
                 sources.append((tag.replace("ablation", "main"), "mw"))
-            m = _reuse_run(args, name, seed, make_config(name, args, **over), tag, sources)
-            if m is None:
-                split = split if split is not None else load_split(args, seed)
-                res = run_one(name, args, split, seed, tag, **over)
-                m = dict(res["best"], step_time=res["step_time"])
+            m = _run_or_reuse(args, name, seed, tag, over, sources, splits)
             rows.setdefault(name, []).append({"test_auc": m["test_auc"], "val_auc": m["val_auc"],
                                               "epoch": m["epoch"], "step_ms": 1e3 * m["step_time"]})
     ref = names[0]
@@ -268,21 +274,14 @@ def table_sensitivity(args):
     values = {"n_inner": (1, 2, 3), "mu": (0.2, 0.4, 0.6, 0.8), "beta": (1e-4, 1e-3, 1e-2, 1.0)}
     grid = [(k, v) for k in args.factors for v in values[k]]
     centre = {"n_inner": args.n_inner, "mu": args.mu, "beta": args.beta}
-    rows = {}
+    rows, splits = {}, {}
     for seed in seed_list(args):
-        split = None
         for k, v in grid:
             point = dict(centre, **{k: v})
             over = dict(tuned_overrides(args, "mw"), **point)
             tag = f"sens{suffix}_N{point['n_inner']}_mu{point['mu']:g}_beta{point['beta']:g}"
-            cfg = make_config("mw", args, **over)
-            done = next((m for m in (_saved_run(args, "mw", t, seed, cfg) for t in (tag, "main" + suffix))
-                         if m is not None), None)
-            if done is None:
-                split = split if split is not None else load_split(args, seed)
-                done = run_one("mw", args, split, seed, tag, **over)["best"]
-            else:
-                print(f"[{tag}] mw seed={seed} test_auc={done['test_auc']:.4f} (saved)", flush=True)
+            done = _run_or_reuse(args, "mw", seed, tag, over, [(tag, "mw"), ("main" + suffix, "mw")], splits,
+                                 copy=False, show_source=False)
             rows.setdefault(f"{k}={v:g}", []).append({"test_auc": done["test_auc"], "val_auc": done["val_auc"]})
     print(format_table(rows, columns=["test_auc", "val_auc"], row_header="setting"))
 
