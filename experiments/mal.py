@@ -18,7 +18,11 @@ Tuning budget (``--grid full``): the base model gets the 9 configurations lr x L
 {1e-4, 1e-3, 1e-2}; every MAL / ablation variant gets 9 configurations tau x w0 in {0.1, 0.3, 0.5} x
 {0.0, 0.5, 1.0} (w0 = initial sigmoid(lambda)) at the base model's best (lr, L2). ``--grid reduced`` uses
 4 + 4 configurations (lr x L2 in {5e-3, 1e-2} x {1e-4, 1e-3}; tau x w0 in {0.1, 0.3} x {0.1, 0.5}) and is
-labelled so.
+labelled so. ``--lrs`` / ``--l2s`` replace the base grid's learning rates / L2 weights (for example to widen
+the L2 range when the base model picks the grid's edge); the MAL variants are still tuned at the base's
+chosen (lr, L2), so a wider base grid changes both rows of a table alike::
+
+    python -m experiments.mal --table main --dataset ml-latest-small --seeds 5 --l2s 1e-4 1e-3 1e-2 3e-2 1e-1
 """
 from __future__ import annotations
 
@@ -148,6 +152,15 @@ FIXED_GRID = {"full": [dict(tau=t, weight_init=w) for t in (0.1, 0.3, 0.5) for w
               "reduced": [dict(tau=t, weight_init=w) for t in (0.1, 0.3) for w in (0.1, 0.5)]}
 
 
+def base_grid(args) -> list[dict]:
+    """The base model's (lr, L2) grid: ``BASE_GRID[args.grid]`` with ``--lrs`` / ``--l2s`` overriding either axis."""
+    lrs = sorted({g["lr"] for g in BASE_GRID[args.grid]})
+    l2s = sorted({g["l2"] for g in BASE_GRID[args.grid]})
+    lrs = list(args.lrs) if getattr(args, "lrs", None) else lrs
+    l2s = list(args.l2s) if getattr(args, "l2s", None) else l2s
+    return [dict(lr=lr, l2=l2) for lr in lrs for l2 in l2s]
+
+
 def tune(cfg: mal.MALConfig, grid: list[dict], args, cache: dict) -> tuple[mal.MALConfig, list]:
     """Run every grid point with seed 0 and pick the best validation recall@20 (test is never looked at)."""
     if args.quick:
@@ -163,8 +176,8 @@ def tune(cfg: mal.MALConfig, grid: list[dict], args, cache: dict) -> tuple[mal.M
 
 
 def tuned_base(args, base: str, cache: dict) -> mal.MALConfig:
-    """The base model (no auxiliary tasks) tuned over ``BASE_GRID`` on seed 0's validation recall@20."""
-    return tune(base_config(args, base=base, aux=(), mode="sog"), BASE_GRID[args.grid], args, cache)[0]
+    """The base model (no auxiliary tasks) tuned over :func:`base_grid` on seed 0's validation recall@20."""
+    return tune(base_config(args, base=base, aux=(), mode="sog"), base_grid(args), args, cache)[0]
 
 
 def tuned_mal(b_best: mal.MALConfig, args, cache: dict) -> mal.MALConfig:
@@ -179,9 +192,11 @@ def run_seeds(cfg, args, cache) -> list[dict]:
 
 def _protocol_note(args, n_seeds: int) -> str:
     g = args.grid
+    bg = base_grid(args)
+    lrs, l2s = sorted({c["lr"] for c in bg}), sorted({c["l2"] for c in bg})
     note = (f"dataset {args.dataset}; {n_seeds} seed(s) (seed = split seed = init seed); grid '{g}' "
-            f"({len(BASE_GRID[g])} base configs lr x L2, {len(AUX_GRID[g])} MAL configs tau x w0 at the base's "
-            f"best lr/L2), tuned on validation R@20 with seed 0; test = items not in train/val, full ranking")
+            f"({len(bg)} base configs lr {lrs} x L2 {l2s}, {len(AUX_GRID[g])} MAL configs tau x w0 at the "
+            f"base's best lr/L2), tuned on validation R@20 with seed 0; test = items not in train/val, full ranking")
     if n_seeds < 5 or g != "full" or args.quick:
         note += ". REDUCED PROTOCOL (paper: 5 seeds, full grid)"
     return note
@@ -335,6 +350,10 @@ def main(argv=None) -> None:
     p.add_argument("--table", choices=("main", "ablation", "sog_vs_ig", "timing"), default=None)
     p.add_argument("--bases", default="mf", help="base models for --table, comma separated (mf,lightgcn)")
     p.add_argument("--grid", choices=("full", "reduced"), default="full")
+    p.add_argument("--lrs", type=float, nargs="+", default=None,
+                   help="--table: the base grid's learning rates (default: those of --grid)")
+    p.add_argument("--l2s", type=float, nargs="+", default=None,
+                   help="--table: the base grid's L2 weights (default: those of --grid)")
     p.add_argument("--base", choices=("mf", "lightgcn"), default="mf")
     p.add_argument("--mode", choices=("sog", "ig", "fixed"), default="sog")
     p.add_argument("--aux", default="user,item", help="auxiliary tasks: 'user,item', 'user', 'item' or 'none'")

@@ -296,3 +296,26 @@ def test_config_validation():
     assert mal.MALConfig(base="lightgcn").name == "LightGCN-MAL"
     assert mal.MALConfig(aux=("user",), mode="fixed").name == "MF+U"
     assert mal.MALConfig(aux=("item",), mode="sog").name == "MF+I+M"
+
+
+# ------------------------------------------------------------------------------------------- the CLI
+
+
+def test_cli_base_grid_override(tmp_path):
+    """``--lrs`` / ``--l2s`` replace an axis of the base grid, the table records the grid it used, and the
+    tuning runs are the overridden configurations."""
+    import argparse
+    import json
+
+    from experiments import mal as exp
+
+    default = exp.base_grid(argparse.Namespace(grid="full", lrs=None, l2s=None))
+    assert default == exp.BASE_GRID["full"]
+    wide = exp.base_grid(argparse.Namespace(grid="full", lrs=None, l2s=[1e-2, 1e-1]))
+    assert wide == [dict(lr=lr, l2=l2) for lr in (1e-3, 5e-3, 1e-2) for l2 in (1e-2, 1e-1)]
+
+    exp.main(["--table", "main", "--quick", "--out", str(tmp_path), "--lrs", "2e-2", "--l2s", "3e-2"])
+    table = (tmp_path / "mal" / "synthetic" / "table_main.md").read_text()
+    assert "lr [0.02] x L2 [0.03]" in table and "chosen: base lr=0.02 l2=0.03" in table
+    base_runs = [json.loads(p.read_text())["config"] for p in (tmp_path / "mal" / "synthetic").glob("tune_MF_*.json")]
+    assert [(c["lr"], c["l2"]) for c in base_runs] == [(2e-2, 3e-2)]
