@@ -150,12 +150,17 @@ AUX_GRID = {"full": [dict(tau=t, weight_init=w) for t in (0.1, 0.3, 0.5) for w i
             "reduced": [dict(tau=t, weight_init=w) for t in (0.1, 0.3) for w in (0.1, 0.5)]}
 
 
+def base_axes(args) -> tuple[list, list]:
+    """The base model's learning rates and L2 weights: those of ``BASE_GRID[args.grid]``, each replaced by
+    ``--lrs`` / ``--l2s`` when given."""
+    lrs = list(args.lrs) if args.lrs else sorted({g["lr"] for g in BASE_GRID[args.grid]})
+    l2s = list(args.l2s) if args.l2s else sorted({g["l2"] for g in BASE_GRID[args.grid]})
+    return lrs, l2s
+
+
 def base_grid(args) -> list[dict]:
-    """The base model's (lr, L2) grid: ``BASE_GRID[args.grid]`` with ``--lrs`` / ``--l2s`` overriding either axis."""
-    lrs = sorted({g["lr"] for g in BASE_GRID[args.grid]})
-    l2s = sorted({g["l2"] for g in BASE_GRID[args.grid]})
-    lrs = list(args.lrs) if getattr(args, "lrs", None) else lrs
-    l2s = list(args.l2s) if getattr(args, "l2s", None) else l2s
+    """The base model's (lr, L2) grid, the product of :func:`base_axes`."""
+    lrs, l2s = base_axes(args)
     return [dict(lr=lr, l2=l2) for lr in lrs for l2 in l2s]
 
 
@@ -190,11 +195,10 @@ def run_seeds(cfg, args, cache) -> list[dict]:
 
 def _protocol_note(args, n_seeds: int) -> str:
     g = args.grid
-    bg = base_grid(args)
-    lrs, l2s = sorted({c["lr"] for c in bg}), sorted({c["l2"] for c in bg})
+    lrs, l2s = base_axes(args)
     note = (f"dataset {args.dataset}; {n_seeds} seed(s) (seed = split seed = init seed); grid '{g}' "
-            f"({len(bg)} base configs lr {lrs} x L2 {l2s}, {len(AUX_GRID[g])} MAL configs tau x w0 at the "
-            f"base's best lr/L2), tuned on validation R@20 with seed 0; test = items not in train/val, full ranking")
+            f"({len(lrs) * len(l2s)} base configs lr {sorted(lrs)} x L2 {sorted(l2s)}, {len(AUX_GRID[g])} MAL "
+            f"configs tau x w0 at the base's best lr/L2), tuned on validation R@20 with seed 0; test = items not in train/val, full ranking")
     if n_seeds < 5 or g != "full" or args.quick:
         note += ". REDUCED PROTOCOL (paper: 5 seeds, full grid)"
     return note
