@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -85,18 +86,60 @@ def _metrics(m: dict, prefix: str = "") -> dict:
 
 def run_one(cfg: mal.MALConfig, dataset: str, data_dir, seed: int, out: str, save: bool = True,
             tag: str = "", verbose: bool = True, split_cache: dict | None = None) -> dict:
-    """Train one configuration with one seed (split seed = seed) or load its cached result file."""
-    from jaxrec.results import save_result
+    """Train one configuration with one seed (split seed = seed) or load its cached result file.
 
+    While it trains, a ``<model>_<hash>_seed<k>.running`` marker (holding the pid) tells other processes that
+    share ``out`` to wait for the result instead of training the same run again (see ``--reverse``)."""
     name = f"{tag}{cfg.name}_{config_hash(cfg)}_seed{seed}"
     path = Path(out) / EXPERIMENT / dataset / f"{name}.json"
     # a finished run with the same (config, seed) is re-used; a tuning run with seed 0 is the same run
-    for cand in (path, path.with_name(f"tune_{cfg.name}_{config_hash(cfg)}_seed{seed}.json")):
-        if cand.exists():
-            rec = json.loads(cand.read_text())
-            if verbose:
-                print(f"[cached] {cand}", flush=True)
-            return rec
+    cands = (path, path.with_name(f"tune_{cfg.name}_{config_hash(cfg)}_seed{seed}.json"))
+    marker = path.with_name(f"{cfg.name}_{config_hash(cfg)}_seed{seed}.running")
+    while True:
+        for cand in cands:
+            if cand.exists():
+                rec = json.loads(cand.read_text())
+                if verbose:
+                    print(f"[cached] {cand}", flush=True)
+                return rec
+        if not save or _claim(marker):
+            break
+        if verbose:
+            print(f"[waiting] {marker.name}: another process is running this configuration", flush=True)
+        time.sleep(10)
+    try:
+        return _train_and_save(cfg, dataset, data_dir, seed, out, save, name, path, verbose, split_cache)
+    finally:
+        if save:
+            marker.unlink(missing_ok=True)
+
+
+def _claim(marker: Path) -> bool:
+    """Claim a run for this process with a ``.running`` marker holding its pid. False while another live process
+    holds it; a marker left by a process that died is taken over."""
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            pid = int(marker.read_text().strip() or 0)
+            os.kill(pid, 0)
+            return False
+        except ProcessLookupError:
+            marker.unlink(missing_ok=True)  # stale: its process is gone
+            return _claim(marker)
+        except (ValueError, FileNotFoundError):
+            return False  # being written or just released: look again
+        except PermissionError:
+            return False  # alive, owned by another user
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return True
+
+
+def _train_and_save(cfg, dataset, data_dir, seed, out, save, name, path, verbose, split_cache) -> dict:
+    from jaxrec.results import save_result
+
     split_cache = {} if split_cache is None else split_cache
     if seed not in split_cache:
         split_cache[seed] = load_split(dataset, data_dir, seed)
@@ -168,11 +211,12 @@ def tune(cfg: mal.MALConfig, grid: list[dict], args, cache: dict) -> tuple[mal.M
     """Run every grid point with seed 0 and pick the best validation recall@20 (test is never looked at)."""
     if args.quick:
         grid = grid[:2]
-    rows = []
-    for g in grid:
-        c = dataclasses.replace(cfg, **g)
-        rec = run_one(c, args.dataset, args.data_dir, 0, args.out, not args.no_save, tag="tune_", split_cache=cache)
-        rows.append((rec["metrics"]["val_recall@20"], g, c))
+    recs = {}
+    for i in _order(range(len(grid)), args):
+        c = dataclasses.replace(cfg, **grid[i])
+        recs[i] = (run_one(c, args.dataset, args.data_dir, 0, args.out, not args.no_save, tag="tune_",
+                           split_cache=cache), c)
+    rows = [(recs[i][0]["metrics"]["val_recall@20"], g, recs[i][1]) for i, g in enumerate(grid)]
     best = max(rows, key=lambda r: r[0])
     print(f"tuned {cfg.name}: best {best[1]} val R@20 {best[0]:.4f} over {len(rows)} configs", flush=True)
     return best[2], [(r[1], r[0]) for r in rows]
@@ -188,9 +232,17 @@ def tuned_mal(b_best: mal.MALConfig, args, cache: dict) -> mal.MALConfig:
     return tune(dataclasses.replace(b_best, aux=("user", "item"), mode="sog"), AUX_GRID[args.grid], args, cache)[0]
 
 
+def _order(items, args) -> list:
+    """``items`` in the order this process works through them: reversed with ``--reverse``."""
+    items = list(items)
+    return items[::-1] if getattr(args, "reverse", False) else items
+
+
 def run_seeds(cfg, args, cache) -> list[dict]:
-    return [run_one(cfg, args.dataset, args.data_dir, s, args.out, not args.no_save, split_cache=cache)["metrics"]
-            for s in seed_list(args)]
+    seeds = seed_list(args)
+    recs = {s: run_one(cfg, args.dataset, args.data_dir, s, args.out, not args.no_save, split_cache=cache)
+            for s in _order(seeds, args)}
+    return [recs[s]["metrics"] for s in seeds]
 
 
 def _protocol_note(args, n_seeds: int) -> str:
@@ -358,6 +410,9 @@ def main(argv=None) -> None:
                    help="--table: the base grid's learning rates (default: those of --grid)")
     p.add_argument("--l2s", type=float, nargs="+", default=None,
                    help="--table: the base grid's L2 weights (default: those of --grid)")
+    p.add_argument("--reverse", action="store_true",
+                   help="--table: work through grids and seeds in reverse order, so a second process running the "
+                        "same command (same --out) shares the work; runs in progress are not duplicated")
     p.add_argument("--base", choices=("mf", "lightgcn"), default="mf")
     p.add_argument("--mode", choices=("sog", "ig", "fixed"), default="sog")
     p.add_argument("--aux", default="user,item", help="auxiliary tasks: 'user,item', 'user', 'item' or 'none'")

@@ -319,3 +319,38 @@ def test_cli_base_grid_override(tmp_path):
     assert "lr [0.02] x L2 [0.03]" in table and "chosen: base lr=0.02 l2=0.03" in table
     base_runs = [json.loads(p.read_text())["config"] for p in (tmp_path / "mal" / "synthetic").glob("tune_MF_*.json")]
     assert [(c["lr"], c["l2"]) for c in base_runs] == [(2e-2, 3e-2)]
+
+
+def test_run_marker_claims_and_takes_over_stale(tmp_path):
+    """A ``.running`` marker is claimed once; a live holder blocks a second claim; a dead holder's marker is
+    taken over."""
+    import os
+    import subprocess
+    import sys
+
+    from experiments import mal as exp
+
+    m = tmp_path / "sub" / "MF_x_seed0.running"
+    assert exp._claim(m) and m.read_text() == str(os.getpid())
+    assert not exp._claim(m)  # held by this (live) process
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    m.write_text(str(dead.pid))
+    assert exp._claim(m) and m.read_text() == str(os.getpid())
+
+
+def test_cli_reverse_shares_cached_runs(tmp_path, capsys):
+    """``--reverse`` walks grids and seeds backwards but builds the same table: after a forward run into the same
+    ``--out`` it trains nothing and picks the same configurations."""
+    from experiments import mal as exp
+
+    args = ["--table", "main", "--quick", "--seeds", "2", "--out", str(tmp_path)]
+    exp.main(args)
+    first = (tmp_path / "mal" / "synthetic" / "table_main.md").read_text()
+    capsys.readouterr()
+    exp.main(args + ["--reverse"])
+    out = capsys.readouterr().out
+    assert "loss=" not in out and out.count("[cached]") == 2 * 2 + 2 * 2  # 2 + 2 tuning runs, 2 + 2 seed runs
+    second = (tmp_path / "mal" / "synthetic" / "table_main.md").read_text()
+    assert first.split("\n", 3)[3] == second.split("\n", 3)[3]  # identical but for the command line
+    assert not list((tmp_path / "mal" / "synthetic").glob("*.running"))
