@@ -216,6 +216,52 @@ def test_unroll_per_step_batches_and_callable_lr():
         bl.unrolled(inner, outer, steps=4, lr=0.1, per_step_batch=True)(theta0, lam_tree, batches, val)
 
 
+@functools.partial(jax.jit, static_argnames=("name", "steps", "checkpoint"))
+def joint_with_start_loss_vs_fd(name, steps, checkpoint, theta, lam, lr, train, val):
+    """The Meta-Wrapper-style joint objective L_in(theta) + 0.5 L_out(theta_bar) built on the start loss that
+    ``unroll(return_start_loss=True)`` returns, against the python-loop reference and its finite differences."""
+    inner, outer = PROBLEMS[name]
+    tbar_fn = bl.unroll(inner, steps=steps, lr=lr, checkpoint=checkpoint, return_start_loss=True)
+
+    def joint(t, l):
+        tbar, start = tbar_fn(t, l, train)
+        return start + 0.5 * outer(tbar, l, val)
+
+    ref = lambda t, l: inner(t, l, train) + 0.5 * reference_unrolled_value(inner, outer, steps, t, l, lr, train, val)
+    plain = bl.unroll(inner, steps=steps, lr=lr)(theta, lam, train)
+    value, (g_t, g_l) = jax.value_and_grad(joint, argnums=(0, 1))(theta, lam)
+    return (value, ref(theta, lam), tbar_fn(theta, lam, train)[0], plain, g_t, g_l,
+            fd_grad(lambda t: ref(t, lam), theta), fd_grad(lambda l: ref(theta, l), lam))
+
+
+@settings(**SETTINGS)
+@given(name=st.sampled_from(["ridge", "logistic", "mlp"]), seed=st.integers(0, 2**16),
+       steps=st.sampled_from([0, 1, 3]), checkpoint=st.booleans(), lr=st.floats(0.02, 0.3))
+def test_unroll_start_loss_joint_objective_matches_finite_differences(name, seed, steps, checkpoint, lr):
+    shape = {"ridge": (40, 6), "logistic": (24, 3), "mlp": None}[name]
+    theta, lam, train, val = make_problem(name, seed, shape)
+    v, v_ref, tbar, tbar_plain, g_t, g_l, fd_t, fd_l = joint_with_start_loss_vs_fd(
+        name, steps, checkpoint, theta, lam, lr, train, val)
+    np.testing.assert_allclose(v, v_ref, rtol=1e-12)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14), tbar, tbar_plain)
+    assert_close(g_t, fd_t)
+    assert_close(g_l, fd_l)
+
+
+def test_unroll_start_loss_per_step_batch_uses_first_slice():
+    train, val, lam, theta0 = ridge_problem(3, 24, 3)
+    x, y = train
+    batches = (x.reshape(3, 8, 3), y.reshape(3, 8))
+    tbar, start = jax.jit(bl.unroll(ridge_inner, steps=3, lr=0.1, per_step_batch=True, return_start_loss=True))(
+        theta0, lam, batches)
+    np.testing.assert_allclose(start, ridge_inner(theta0, lam, (batches[0][0], batches[1][0])), rtol=1e-12)
+    np.testing.assert_allclose(tbar, bl.unroll(ridge_inner, steps=3, lr=0.1, per_step_batch=True)(theta0, lam, batches),
+                               rtol=1e-12)
+    with pytest.raises(ValueError, match="no step batch"):
+        bl.unroll(ridge_inner, steps=0, lr=0.1, per_step_batch=True, return_start_loss=True)(
+            theta0, lam, (batches[0][:0], batches[1][:0]))
+
+
 # --------------------------------------------------------------- one step
 @settings(**SETTINGS)
 @given(name=st.sampled_from(["ridge", "logistic", "mlp"]), shape=st.sampled_from(RIDGE_SHAPES),

@@ -24,7 +24,7 @@ def _scan_unroll(scan_unroll, steps):
 
 
 def unroll(inner_loss, *, steps: int, lr, checkpoint: bool = False, per_step_batch: bool = False,
-           scan_unroll=None):
+           scan_unroll=None, return_start_loss: bool = False):
     """Build the differentiable unrolled inner map ``theta_bar(theta, lam, inner_batch)``.
 
     ``theta_bar = U^steps(theta)`` with ``U(theta) = theta - lr * grad_theta L_in(theta, lam, batch)``
@@ -44,12 +44,15 @@ def unroll(inner_loss, *, steps: int, lr, checkpoint: bool = False, per_step_bat
         ``k`` uses slice ``k`` (mini-batch unrolling); otherwise all steps use the same batch.
       scan_unroll: ``unroll`` argument of ``lax.scan`` (int or bool). Default None: fully unrolled when
         ``steps <= 8`` (much faster on CPU), a rolled loop otherwise.
+      return_start_loss: return ``(theta_bar, L_in(theta, lam, batch_0))``, the inner loss at the start point
+        (``batch_0`` the first step's batch) as well. It comes from the first step's own forward pass, so an
+        objective such as ``L_in(theta) + mu * L_out(theta_bar)`` does not evaluate ``L_in(theta)`` twice.
     """
     steps = int(steps)
     if steps < 0:
         raise ValueError(f"unroll: steps must be >= 0, got {steps}")
     grad_in = jax.grad(inner_loss, argnums=0)
-    unroll_arg = _scan_unroll(scan_unroll, steps)
+    value_grad_in = jax.value_and_grad(inner_loss, argnums=0)
 
     def theta_bar(theta, lam, inner_batch):
         rate = _resolve_lr(lr, lam)
@@ -66,10 +69,29 @@ def unroll(inner_loss, *, steps: int, lr, checkpoint: bool = False, per_step_bat
                     f"unroll(per_step_batch=True): every inner_batch leaf needs a leading axis of length "
                     f"steps={steps}; got leading sizes {sorted(lens)}"
                 )
+        rest, start_loss = steps, None
+        if return_start_loss:
+            if steps == 0:
+                if per_step_batch:
+                    raise ValueError("unroll(steps=0, per_step_batch=True, return_start_loss=True): there is no "
+                                     "step batch to evaluate the start loss on")
+                return theta, inner_loss(theta, lam, inner_batch)
+            batch_0 = jax.tree.map(lambda x: x[0], inner_batch) if per_step_batch else inner_batch
+
+            def first_step(t):
+                value, g = value_grad_in(t, lam, batch_0)
+                return tree_sgd_step(t, g, rate), value
+
+            theta, start_loss = (jax.checkpoint(first_step) if checkpoint else first_step)(theta)
+            rest = steps - 1
+            if per_step_batch:
+                inner_batch = jax.tree.map(lambda x: x[1:], inner_batch)
+        unroll_arg = _scan_unroll(scan_unroll, rest)
+        if per_step_batch:
             out, _ = lax.scan(step, theta, inner_batch, unroll=unroll_arg)
         else:
-            out, _ = lax.scan(lambda t, _: step(t, inner_batch), theta, None, length=steps, unroll=unroll_arg)
-        return out
+            out, _ = lax.scan(lambda t, _: step(t, inner_batch), theta, None, length=rest, unroll=unroll_arg)
+        return (out, start_loss) if return_start_loss else out
 
     return theta_bar
 

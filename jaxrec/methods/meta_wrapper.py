@@ -21,9 +21,10 @@ paper's ablation components C1-C4):
 ``variant="plain"`` trains any baseline (Base, Wide&Deep, PNN, DeepFM, DIN) on the full training set with
 ``L + l2 ||params||^2`` (no D_in/D_out split).
 
-The unrolled term comes from :func:`jaxrec.bilevel.unrolled.unrolled` with ``wrt_theta=True``, which returns
-``(L_out(theta_bar), dF/dphi, dF/dtheta)``: the gradient in the starting point theta and in phi of the very
-same unrolled map, so no private inner loop exists here.
+The unrolled map ``theta_bar = U_phi^N(theta, D_in)`` is :func:`jaxrec.bilevel.unrolled.unroll` (the map
+behind :func:`jaxrec.bilevel.unrolled.unrolled`), so no private inner loop exists here; M4's gradient in
+``theta`` and ``phi`` is reverse mode over the joint objective, and ``L_in(theta, phi)`` comes from the first
+inner step's own forward pass (``return_start_loss=True``) instead of a second evaluation.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxrec.bilevel.unrolled import unrolled
+from jaxrec.bilevel.unrolled import unroll
 from jaxrec.losses import bce_with_logits
 from jaxrec.models.ctr import (
     MODELS,
@@ -134,15 +135,13 @@ def objective(cfg: MWConfig, mcfg: CTRModelConfig, theta, phi, batch_in, batch_o
     M4: ``L_in + mu L_out(U_phi^N(theta, D_in), phi)`` with ``U`` = N GD steps of rate beta on L_in.
     (M3 is an alternating scheme, not one objective.)"""
     L = lambda th, ph, b: ctr_loss(mcfg, cfg.model, merge_params(th, ph), b)  # noqa: E731
-    l_in = L(theta, phi, batch_in)
     if cfg.variant == "M1":
-        return l_in
+        return L(theta, phi, batch_in)
     if cfg.variant == "M2":
-        return l_in + cfg.mu * L(theta, phi, batch_out)
+        return L(theta, phi, batch_in) + cfg.mu * L(theta, phi, batch_out)
     if cfg.variant == "M4":
-        from jaxrec.bilevel.unrolled import unroll
-
-        tbar = unroll(L, steps=cfg.n_inner, lr=cfg.beta)(theta, phi, batch_in)
+        # the first inner step's forward pass also gives L_in(theta, phi): no second evaluation
+        tbar, l_in = unroll(L, steps=cfg.n_inner, lr=cfg.beta, return_start_loss=True)(theta, phi, batch_in)
         return l_in + cfg.mu * L(tbar, phi, batch_out)
     raise ValueError(f"objective() is defined for M1, M2, M4, not {cfg.variant}")
 
@@ -150,25 +149,13 @@ def objective(cfg: MWConfig, mcfg: CTRModelConfig, theta, phi, batch_in, batch_o
 def objective_grads(cfg: MWConfig, mcfg: CTRModelConfig):
     """``(theta, phi, batch_in, batch_out) -> (value, (g_theta, g_phi))`` of the joint objective.
 
-    M1 / M2 differentiate :func:`objective` directly. M4 adds ``grad L_in`` to ``mu`` times the unrolled
-    hypergradient ``(dF/dtheta, dF/dphi)`` of ``F = L_out(U_phi^N(theta, D_in), phi)`` from
-    :func:`jaxrec.bilevel.unrolled.unrolled` (``wrt_theta=True``)."""
-    L = lambda th, ph, b: ctr_loss(mcfg, cfg.model, merge_params(th, ph), b)  # noqa: E731
-    if cfg.variant in ("M1", "M2"):
-        vg = jax.value_and_grad(lambda th, ph, bi, bo: objective(cfg, mcfg, th, ph, bi, bo), argnums=(0, 1))
-        return vg
-    if cfg.variant == "M4":
-        hyper = unrolled(L, L, steps=cfg.n_inner, lr=cfg.beta, wrt_theta=True)
-        vg_in = jax.value_and_grad(L, argnums=(0, 1))
-
-        def grads(theta, phi, batch_in, batch_out):
-            l_in, (gt_in, gp_in) = vg_in(theta, phi, batch_in)
-            l_out, gp_out, gt_out = hyper(theta, phi, batch_in, batch_out)
-            gt = jax.tree_util.tree_map(lambda a, b: a + cfg.mu * b, gt_in, gt_out)
-            gp = jax.tree_util.tree_map(lambda a, b: a + cfg.mu * b, gp_in, gp_out)
-            return l_in + cfg.mu * l_out, (gt, gp)
-
-        return grads
+    Reverse mode over :func:`objective` for M1, M2 and M4. For M4 that is the exact unrolled hypergradient of
+    ``F = L_out(U_phi^N(theta, D_in), phi)`` in both ``theta`` and ``phi`` (reverse mode through the
+    :func:`jaxrec.bilevel.unrolled.unroll` map, as :func:`jaxrec.bilevel.unrolled.unrolled` with
+    ``wrt_theta=True`` computes it) plus ``grad L_in``, with ``L_in``'s forward and backward pass shared with
+    the first inner step."""
+    if cfg.variant in ("M1", "M2", "M4"):
+        return jax.value_and_grad(lambda th, ph, bi, bo: objective(cfg, mcfg, th, ph, bi, bo), argnums=(0, 1))
     raise ValueError(f"objective_grads() is defined for M1, M2, M4, not {cfg.variant}")
 
 
