@@ -192,11 +192,16 @@ def test_unrolled_matches_finite_differences_of_unrolled_map(name, seed, variant
     assert_close(d_theta, fd_theta)
 
 
-def test_unroll_per_step_batches_and_callable_lr():
-    """per_step_batch uses slice k at step k; lr may be a differentiable function of lam."""
+def ridge_step_batches():
+    """A ridge problem whose 24 training rows are cut into 3 step batches of 8 (leading axis = step)."""
     train, val, lam, theta0 = ridge_problem(3, 24, 3)
     x, y = train
-    batches = (x.reshape(3, 8, 3), y.reshape(3, 8))
+    return (x.reshape(3, 8, 3), y.reshape(3, 8)), val, lam, theta0
+
+
+def test_unroll_per_step_batches_and_callable_lr():
+    """per_step_batch uses slice k at step k; lr may be a differentiable function of lam."""
+    batches, val, lam, theta0 = ridge_step_batches()
     lam_tree = {"l2": lam, "log_lr": jnp.log(0.1)}
     inner = lambda t, l, b: ridge_inner(t, l["l2"], b)
     outer = lambda t, l, b: ridge_outer(t, l["l2"], b)
@@ -249,9 +254,7 @@ def test_unroll_start_loss_joint_objective_matches_finite_differences(name, seed
 
 
 def test_unroll_start_loss_per_step_batch_uses_first_slice():
-    train, val, lam, theta0 = ridge_problem(3, 24, 3)
-    x, y = train
-    batches = (x.reshape(3, 8, 3), y.reshape(3, 8))
+    batches, _, lam, theta0 = ridge_step_batches()
     tbar, start = jax.jit(bl.unroll(ridge_inner, steps=3, lr=0.1, per_step_batch=True, return_start_loss=True))(
         theta0, lam, batches)
     np.testing.assert_allclose(start, ridge_inner(theta0, lam, (batches[0][0], batches[1][0])), rtol=1e-12)
