@@ -95,6 +95,7 @@ def run_one(cfg: mal.MALConfig, dataset: str, data_dir, seed: int, out: str, sav
     # a finished run with the same (config, seed) is re-used; a tuning run with seed 0 is the same run
     cands = (path, path.with_name(f"tune_{cfg.name}_{config_hash(cfg)}_seed{seed}.json"))
     marker = path.with_name(f"{cfg.name}_{config_hash(cfg)}_seed{seed}.running")
+    waited = False
     while True:
         for cand in cands:
             if cand.exists():
@@ -104,8 +105,9 @@ def run_one(cfg: mal.MALConfig, dataset: str, data_dir, seed: int, out: str, sav
                 return rec
         if not save or _claim(marker):
             break
-        if verbose:
+        if verbose and not waited:
             print(f"[waiting] {marker.name}: another process is running this configuration", flush=True)
+        waited = True
         time.sleep(10)
     try:
         return _train_and_save(cfg, dataset, data_dir, seed, out, save, name, path, verbose, split_cache)
