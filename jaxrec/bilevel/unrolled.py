@@ -51,14 +51,15 @@ def unroll(inner_loss, *, steps: int, lr, checkpoint: bool = False, per_step_bat
     steps = int(steps)
     if steps < 0:
         raise ValueError(f"unroll: steps must be >= 0, got {steps}")
-    grad_in = jax.grad(inner_loss, argnums=0)
     value_grad_in = jax.value_and_grad(inner_loss, argnums=0)
+    unroll_arg = _scan_unroll(scan_unroll, steps)
 
     def theta_bar(theta, lam, inner_batch):
         rate = _resolve_lr(lr, lam)
 
-        def step(t, batch):
-            return tree_sgd_step(t, grad_in(t, lam, batch), rate), None
+        def step(t, batch):  # one GD step; its loss value comes with the gradient's forward pass
+            value, g = value_grad_in(t, lam, batch)
+            return tree_sgd_step(t, g, rate), value
 
         if checkpoint:
             step = jax.checkpoint(step)
@@ -69,29 +70,17 @@ def unroll(inner_loss, *, steps: int, lr, checkpoint: bool = False, per_step_bat
                     f"unroll(per_step_batch=True): every inner_batch leaf needs a leading axis of length "
                     f"steps={steps}; got leading sizes {sorted(lens)}"
                 )
-        rest, start_loss = steps, None
-        if return_start_loss:
-            if steps == 0:
-                if per_step_batch:
-                    raise ValueError("unroll(steps=0, per_step_batch=True, return_start_loss=True): there is no "
-                                     "step batch to evaluate the start loss on")
-                return theta, inner_loss(theta, lam, inner_batch)
-            batch_0 = jax.tree.map(lambda x: x[0], inner_batch) if per_step_batch else inner_batch
-
-            def first_step(t):
-                value, g = value_grad_in(t, lam, batch_0)
-                return tree_sgd_step(t, g, rate), value
-
-            theta, start_loss = (jax.checkpoint(first_step) if checkpoint else first_step)(theta)
-            rest = steps - 1
-            if per_step_batch:
-                inner_batch = jax.tree.map(lambda x: x[1:], inner_batch)
-        unroll_arg = _scan_unroll(scan_unroll, rest)
-        if per_step_batch:
-            out, _ = lax.scan(step, theta, inner_batch, unroll=unroll_arg)
+            out, losses = lax.scan(step, theta, inner_batch, unroll=unroll_arg)
         else:
-            out, _ = lax.scan(lambda t, _: step(t, inner_batch), theta, None, length=rest, unroll=unroll_arg)
-        return (out, start_loss) if return_start_loss else out
+            out, losses = lax.scan(lambda t, _: step(t, inner_batch), theta, None, length=steps, unroll=unroll_arg)
+        if not return_start_loss:
+            return out
+        if steps > 0:
+            return out, losses[0]
+        if per_step_batch:
+            raise ValueError("unroll(steps=0, per_step_batch=True, return_start_loss=True): there is no "
+                             "step batch to evaluate the start loss on")
+        return out, inner_loss(theta, lam, inner_batch)
 
     return theta_bar
 
