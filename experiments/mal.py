@@ -90,11 +90,12 @@ def run_one(cfg: mal.MALConfig, dataset: str, data_dir, seed: int, out: str, sav
 
     While it trains, a ``<model>_<hash>_seed<k>.running`` marker (holding the pid) tells other processes that
     share ``out`` to wait for the result instead of training the same run again (see ``--reverse``)."""
-    name = f"{tag}{cfg.name}_{config_hash(cfg)}_seed{seed}"
+    key = f"{cfg.name}_{config_hash(cfg)}_seed{seed}"
+    name = f"{tag}{key}"
     path = Path(out) / EXPERIMENT / dataset / f"{name}.json"
     # a finished run with the same (config, seed) is re-used; a tuning run with seed 0 is the same run
-    cands = (path, path.with_name(f"tune_{cfg.name}_{config_hash(cfg)}_seed{seed}.json"))
-    marker = path.with_name(f"{cfg.name}_{config_hash(cfg)}_seed{seed}.running")
+    cands = (path, path.with_name(f"tune_{key}.json"))
+    marker = path.with_name(f"{key}.running")
     waited = False
     while True:
         for cand in cands:
@@ -213,12 +214,10 @@ def tune(cfg: mal.MALConfig, grid: list[dict], args, cache: dict) -> tuple[mal.M
     """Run every grid point with seed 0 and pick the best validation recall@20 (test is never looked at)."""
     if args.quick:
         grid = grid[:2]
-    recs = {}
-    for i in _order(range(len(grid)), args):
-        c = dataclasses.replace(cfg, **grid[i])
-        recs[i] = (run_one(c, args.dataset, args.data_dir, 0, args.out, not args.no_save, tag="tune_",
-                           split_cache=cache), c)
-    rows = [(recs[i][0]["metrics"]["val_recall@20"], g, recs[i][1]) for i, g in enumerate(grid)]
+    cfgs = [dataclasses.replace(cfg, **g) for g in grid]
+    recs = {i: run_one(cfgs[i], args.dataset, args.data_dir, 0, args.out, not args.no_save, tag="tune_",
+                       split_cache=cache) for i in _order(range(len(grid)), args)}
+    rows = [(recs[i]["metrics"]["val_recall@20"], g, cfgs[i]) for i, g in enumerate(grid)]
     best = max(rows, key=lambda r: r[0])
     print(f"tuned {cfg.name}: best {best[1]} val R@20 {best[0]:.4f} over {len(rows)} configs", flush=True)
     return best[2], [(r[1], r[0]) for r in rows]
