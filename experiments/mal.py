@@ -288,13 +288,16 @@ def table_ablation(args) -> str:
         rows = {b_best.name: run_seeds(b_best, args, cache)}
         variants = [(("user",), "fixed"), (("item",), "fixed"), (("user",), "sog"), (("item",), "sog"),
                     (("user", "item"), "fixed"), (("user", "item"), "sog")]
-        for aux, mode in variants:
+        done = {}
+        for v in _order(range(len(variants)), args):  # --reverse also walks the variants backwards
+            aux, mode = variants[v]
             c = dataclasses.replace(b_best, aux=aux, mode=mode)
             # fixed-weight variants search the same tau x w grid that the meta-learned ones start from, so a
             # meta-learning row is compared with the best constant weight among the same candidates (an
             # earlier {0.1, 0.5, 0.9} grid left out the small weights MAL settles near and flattered it)
             best, _ = tune(c, AUX_GRID[args.grid], args, cache)
-            rows[best.name] = run_seeds(best, args, cache)
+            done[v] = (best.name, run_seeds(best, args, cache))
+        rows.update(done[v] for v in range(len(variants)))  # rows in the table's order whatever the run order
         cols = [f"{m}@{k}" for m in ("recall", "ndcg") for k in (10, 20)]
         blocks.append(f"**{base}**\n\n" + format_table(rows, cols))
     return "\n\n".join(blocks) + "\n\n" + _protocol_note(args, len(seed_list(args))) + \

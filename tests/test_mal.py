@@ -354,3 +354,24 @@ def test_cli_reverse_shares_cached_runs(tmp_path, capsys):
     second = (tmp_path / "mal" / "synthetic" / "table_main.md").read_text()
     assert first.split("\n", 3)[3] == second.split("\n", 3)[3]  # identical but for the command line
     assert not list((tmp_path / "mal" / "synthetic").glob("*.running"))
+
+
+def test_cli_ablation_reverse_walks_variants_backwards(tmp_path, capsys):
+    """``--table ablation --reverse`` tunes the variants last-first (so two processes start at opposite ends)
+    but prints the rows in the table's order; after a forward run it trains nothing and gives the same table."""
+    from experiments import mal as exp
+
+    args = ["--table", "ablation", "--quick", "--seeds", "1", "--out", str(tmp_path)]
+    exp.main(args + ["--reverse"])
+    out = capsys.readouterr().out
+    # the first variant tuned in reverse order is MF-MAL (both auxiliary tasks, meta-learned)
+    tuned = [line.split(":")[0] for line in out.splitlines() if line.startswith("tuned ")]
+    assert tuned[0] == "tuned MF" and tuned[1] == "tuned MF-MAL" and tuned[-1] == "tuned MF+U"
+    first = (tmp_path / "mal" / "synthetic" / "table_ablation.md").read_text()
+    order = [r.split("|")[1].strip() for r in first.splitlines() if r.startswith("| MF")]
+    assert order == ["MF", "MF+U", "MF+I", "MF+U+M", "MF+I+M", "MF+U+I", "MF-MAL"]
+    exp.main(args)
+    out = capsys.readouterr().out
+    assert "loss=" not in out
+    second = (tmp_path / "mal" / "synthetic" / "table_ablation.md").read_text()
+    assert first.split("\n", 3)[3] == second.split("\n", 3)[3]
