@@ -405,7 +405,8 @@ def plot_timing(rows: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> None:
+def build_parser():
+    """The command line of this experiment (``main`` parses with it; the tests check RESULTS.md's commands)."""
     p = common_parser(__doc__.split("\n")[0])
     p.add_argument("--table", choices=("main", "ablation", "sog_vs_ig", "timing"), default=None)
     p.add_argument("--bases", default="mf", help="base models for --table, comma separated (mf,lightgcn)")
@@ -434,7 +435,11 @@ def main(argv=None) -> None:
     p.add_argument("--max-neighbors", type=int, default=50)
     p.add_argument("--n-aux-neg", type=int, default=128)
     p.add_argument("--timing-repeats", type=int, default=20)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     if args.quick:
         args.timing_repeats = min(args.timing_repeats, 3)
     if args.table is None:

@@ -39,7 +39,8 @@ SYNTHETIC = dict(n_users=1000, n_items=500, n_clusters=10, mean_len=15, min_len=
                  seed=0)
 
 
-def parse(argv=None):
+def build_parser():
+    """The command line of this experiment (the tests check RESULTS.md's commands against it)."""
     p = common_parser(__doc__.split("\n\n")[0])
     p.add_argument("--model", choices=MODELS, default="mclrec")
     p.add_argument("--ablation", choices=sorted(M.ABLATIONS), default="none")
@@ -57,7 +58,11 @@ def parse(argv=None):
     p.add_argument("--tag", default="", help="suffix of the result name (e.g. 'reduced')")
     p.add_argument("--no-ckpt", action="store_true", help="no checkpoint / resume")
     p.add_argument("--table", action="store_true", help="print the stored results as a markdown table")
-    return p.parse_args(argv)
+    return p
+
+
+def parse(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def load(args):

@@ -376,7 +376,8 @@ def table_report(args):
     print(format_table(rows))
 
 
-def main(argv=None):
+def build_parser():
+    """The command line of this experiment (``main`` parses with it; the tests check RESULTS.md's commands)."""
     p = common_parser(__doc__.splitlines()[0])
     p.add_argument("--table", default="single",
                    choices=["single", "synthetic", "tune", "main", "ablation", "sensitivity", "timing",
@@ -407,7 +408,11 @@ def main(argv=None):
     p.add_argument("--timing-rounds", type=int, default=5)
     p.add_argument("--no-train-loss", dest="track_train_loss", action="store_false",
                    help="skip the full training-set loss after each epoch (faster on real sets)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     if args.epochs is None:
         args.epochs = 30 if args.dataset == "synthetic" else 5
     if args.quick:

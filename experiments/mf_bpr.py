@@ -163,7 +163,8 @@ def _config_hash(config: Config) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- main
-def main(argv=None):
+def build_parser():
+    """The command line of this experiment (``main`` parses with it; the tests check RESULTS.md's commands)."""
     p = cli.common_parser(__doc__.splitlines()[0])
     p.add_argument("--lr", type=float, nargs="+", default=None, help="Adam learning rate(s); several = grid")
     p.add_argument("--l2", type=float, nargs="+", default=None, help="L2 weight(s); several = grid")
@@ -175,7 +176,11 @@ def main(argv=None):
                    help="checkpoint every epoch under <out>/mf_bpr/<dataset>/ckpt and resume from it")
     p.add_argument("--log-every", type=int, default=10)
     p.set_defaults(seeds=3)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
 
     base = Config(dataset=args.dataset, min_rating=args.min_rating, **TUNED.get(args.dataset, {}))
     if args.quick:
