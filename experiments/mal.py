@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxrec.cli import common_parser, seed_list
+from jaxrec.cli import common_parser, live_output, seed_list
 from jaxrec.methods import mal
 
 EXPERIMENT = "mal"
@@ -440,6 +440,7 @@ def build_parser():
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
+    live_output()
     if args.quick:
         args.timing_repeats = min(args.timing_repeats, 3)
     if args.table is None:

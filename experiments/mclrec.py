@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxrec.cli import common_parser, seed_list
+from jaxrec.cli import common_parser, live_output, seed_list
 from jaxrec.methods import mclrec as M
 from jaxrec.results import format_table, load_results, mean_std, save_result
 
@@ -138,6 +138,7 @@ def table(args) -> str:
 
 def main(argv=None):
     args = parse(argv)
+    live_output()
     if args.table:
         print(table(args))
         return

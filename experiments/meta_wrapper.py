@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxrec.cli import common_parser, seed_list
+from jaxrec.cli import common_parser, live_output, seed_list
 
 EXPERIMENT = "meta_wrapper"
 MAIN_MODELS = ("base", "wdl", "pnn", "deepfm", "din", "mw")
@@ -413,6 +413,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    live_output()
     if args.epochs is None:
         args.epochs = 30 if args.dataset == "synthetic" else 5
     if args.quick:

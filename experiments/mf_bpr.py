@@ -181,6 +181,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    cli.live_output()
 
     base = Config(dataset=args.dataset, min_rating=args.min_rating, **TUNED.get(args.dataset, {}))
     if args.quick:

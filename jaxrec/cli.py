@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["common_parser", "seed_list"]
+__all__ = ["common_parser", "seed_list", "live_output"]
 
 
 def common_parser(description: str) -> argparse.ArgumentParser:
@@ -30,6 +30,17 @@ def common_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny smoke-test settings")
     p.add_argument("--no-save", action="store_true", help="do not write result files")
     return p
+
+
+def live_output() -> None:
+    """Flush ``print`` output line by line also when stdout is a file or a pipe (``nohup ... > log``), so a
+    long run's log shows its progress as it happens. Call it at the start of an experiment's ``main``."""
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)  # absent on replaced streams (e.g. pytest capture)
+        if reconfigure is not None:
+            reconfigure(line_buffering=True)
 
 
 def seed_list(args: argparse.Namespace) -> list[int]:

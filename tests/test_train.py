@@ -209,3 +209,16 @@ def test_common_parser():
                       "--quick", "--no-save", "--out", "o"])
     assert (a.dataset, a.data_dir, a.epochs, a.quick, a.no_save, a.out) == ("ml-100k", "/d", 5, True, True, "o")
     assert cli.seed_list(a) == [0, 1, 2]
+
+
+def test_live_output_line_buffers_a_file_stdout(tmp_path):
+    """``jaxrec.cli.live_output`` makes a redirected stdout show each printed line at once (a nohup log)."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "log.txt"
+    code = ("import time, pathlib, sys; from jaxrec.cli import live_output; live_output(); print('epoch 1');"
+            f"time.sleep(0.2); sys.stderr.write(repr(pathlib.Path({str(log)!r}).read_text()))")
+    with open(log, "w") as f:
+        r = subprocess.run([sys.executable, "-c", code], stdout=f, stderr=subprocess.PIPE, text=True, check=True)
+    assert r.stderr == repr("epoch 1\n")  # already in the file while the process still runs
