@@ -213,12 +213,15 @@ def test_common_parser():
 
 def test_live_output_line_buffers_a_file_stdout(tmp_path):
     """``jaxrec.cli.live_output`` makes a redirected stdout show each printed line at once (a nohup log)."""
+    import os
     import subprocess
     import sys
 
     log = tmp_path / "log.txt"
     code = ("import time, pathlib, sys; from jaxrec.cli import live_output; live_output(); print('epoch 1');"
             f"time.sleep(0.2); sys.stderr.write(repr(pathlib.Path({str(log)!r}).read_text()))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # the default: block-buffered file
     with open(log, "w") as f:
-        r = subprocess.run([sys.executable, "-c", code], stdout=f, stderr=subprocess.PIPE, text=True, check=True)
+        r = subprocess.run([sys.executable, "-c", code], stdout=f, stderr=subprocess.PIPE, text=True, check=True,
+                           env=env)
     assert r.stderr == repr("epoch 1\n")  # already in the file while the process still runs
