@@ -77,6 +77,7 @@ __all__ = [
     "train",
     "score_fn_for",
     "make_step",
+    "make_update",
     "time_hypergradients",
 ]
 
@@ -325,30 +326,20 @@ def init_state(key, config: MALConfig, n_users: int, n_items: int, dtype=None) -
     }
 
 
-def make_step(config: MALConfig, n_users: int, n_items: int, neighbors: dict, graph=None):
-    """One MAL step ``step(state, train_batch, meta_batch, key) -> (state, aux)`` (pure; jit it).
+def make_update(config: MALConfig, graph=None):
+    """The MAL update on a batch whose auxiliary samples are drawn: ``update(state, batch, meta_batch) ->
+    (state, aux)`` (pure; jit it).
 
-    ``train_batch``/``meta_batch`` hold ``user, pos, neg``. The step samples the auxiliary batch, takes an
-    Adam step on Theta with ``grad L_in`` and, when Lambda is meta-learned, an Adam step on Lambda with the
-    hypergradient of the meta loss at the new Theta.
+    ``batch`` holds ``user, pos, neg`` and the ``{t}_aux_*`` entries of :func:`make_losses`; ``meta_batch``
+    ``user, pos, neg``. An Adam step on Theta with ``grad L_in``, then, when Lambda is meta-learned, an Adam
+    step on Lambda with the hypergradient of the meta loss at the new Theta (the algorithm box).
     """
     inner_loss, outer_loss = make_losses(config, graph)
     hypergrad = make_hypergrad(config, inner_loss, outer_loss) if config.meta else None
     opt_theta = optax.adam(config.lr)
     opt_lam = optax.adam(config.meta_lr, eps=config.meta_eps)
-    nb = {t: (jnp.asarray(n.index), jnp.asarray(n.count)) for t, n in neighbors.items()}
-    sizes = {"user": n_users, "item": n_items}
-    anchor_key = {"user": "user", "item": "pos"}
 
-    def step(state, train_batch, meta_batch, key):
-        batch = dict(train_batch)
-        keys = jax.random.split(key, 2)
-        for j, t in enumerate(config.aux):
-            k_neg = min(config.n_aux_neg, sizes[t]) if config.shared_negatives else config.n_aux_neg
-            s = sample_aux(keys[j], batch[anchor_key[t]], nb[t][0], nb[t][1], sizes[t], k_neg,
-                           config.shared_negatives)
-            for name, v in s.items():
-                batch[f"{t}_aux_{name}"] = v
+    def update(state, batch, meta_batch):
         theta, lam = state["theta"], state["lam"]
         loss, g = jax.value_and_grad(inner_loss)(theta, lam, batch)
         upd, opt_theta_state = opt_theta.update(g, state["opt_theta"], theta)
@@ -364,6 +355,31 @@ def make_step(config: MALConfig, n_users: int, n_items: int, neighbors: dict, gr
         else:
             aux["meta"] = outer_loss(theta, lam, meta_batch)
         return new, aux
+
+    return update
+
+
+def make_step(config: MALConfig, n_users: int, n_items: int, neighbors: dict, graph=None):
+    """One MAL step ``step(state, train_batch, meta_batch, key) -> (state, aux)`` (pure; jit it).
+
+    ``train_batch``/``meta_batch`` hold ``user, pos, neg``. The step samples the auxiliary batch on device
+    and applies :func:`make_update`.
+    """
+    update = make_update(config, graph)
+    nb = {t: (jnp.asarray(n.index), jnp.asarray(n.count)) for t, n in neighbors.items()}
+    sizes = {"user": n_users, "item": n_items}
+    anchor_key = {"user": "user", "item": "pos"}
+
+    def step(state, train_batch, meta_batch, key):
+        batch = dict(train_batch)
+        keys = jax.random.split(key, 2)
+        for j, t in enumerate(config.aux):
+            k_neg = min(config.n_aux_neg, sizes[t]) if config.shared_negatives else config.n_aux_neg
+            s = sample_aux(keys[j], batch[anchor_key[t]], nb[t][0], nb[t][1], sizes[t], k_neg,
+                           config.shared_negatives)
+            for name, v in s.items():
+                batch[f"{t}_aux_{name}"] = v
+        return update(state, batch, meta_batch)
 
     return step
 
