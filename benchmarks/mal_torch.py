@@ -86,10 +86,13 @@ def fixed_batches(config: mal.MALConfig, split, seed: int = 0):
 # ---------------------------------------------------------------------------------------------- JAX side
 
 
-def jax_side(config, batch, meta, graph, n_users, n_items, dtype):
+def jax_side(config, batch, meta, graph, n_users, n_items, dtype, backend="segment"):
     """``(update, state, hypergrad)``: jitted ``mal.make_update``, its initial state in ``dtype`` and, for the
-    meta-learned modes, the jitted hypergradient alone (for the agreement check)."""
-    g = graph.replace(weights=graph.weights.astype(dtype)) if config.base == "lightgcn" else None
+    meta-learned modes, the jitted hypergradient alone (for the agreement check). ``backend``: LightGCN's
+    propagation in jaxrec (:data:`jaxrec.models.lightgcn.BACKENDS`)."""
+    g = None
+    if config.base == "lightgcn":
+        g = graph.replace(weights=graph.weights.astype(dtype)).with_backend(backend)
     state = mal.init_state(jax.random.PRNGKey(0), config, n_users, n_items, dtype=dtype)
     update = jax.jit(mal.make_update(config, g))
     hyper = None
@@ -220,9 +223,9 @@ def _rel(a, b) -> float:
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
 
 
-def agreement(config, batch, meta, graph, n_users, n_items) -> dict[str, float]:
+def agreement(config, batch, meta, graph, n_users, n_items, backend="segment") -> dict[str, float]:
     """Max relative differences between the two sides after one update from the same state (float64)."""
-    update, state, hyper = jax_side(config, batch, meta, graph, n_users, n_items, jnp.float64)
+    update, state, hyper = jax_side(config, batch, meta, graph, n_users, n_items, jnp.float64, backend)
     tm = TorchMAL(config, state, batch, meta, graph, n_users, n_items, dtype=__import__("torch").float64)
     jb, jm = jax.tree.map(jnp.asarray, batch), jax.tree.map(jnp.asarray, meta)
     new, aux = update(state, jb, jm)
@@ -248,10 +251,11 @@ def agreement(config, batch, meta, graph, n_users, n_items) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------------ timing
 
 
-def timings(config, batch, meta, graph, n_users, n_items, steps: int, rounds: int, sparse: str = "csr") -> dict[str, float]:
+def timings(config, batch, meta, graph, n_users, n_items, steps: int, rounds: int, sparse: str = "csr",
+            backend: str = "segment") -> dict[str, float]:
     import torch
 
-    update, state, _ = jax_side(config, batch, meta, graph, n_users, n_items, jnp.float32)
+    update, state, _ = jax_side(config, batch, meta, graph, n_users, n_items, jnp.float32, backend)
     jb = jax.tree.map(jnp.asarray, {k: (v.astype(np.int32) if v.dtype.kind == "i" else v) for k, v in batch.items()})
     jm = jax.tree.map(lambda v: jnp.asarray(v, jnp.int32), meta)
     tm = TorchMAL(config, state, batch, meta, graph, n_users, n_items, dtype=torch.float32, sparse=sparse)
@@ -294,6 +298,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--torch-sparse", choices=["csr", "coo"], default="csr",
                    help="layout of LightGCN's adjacency on the PyTorch side (about equally fast here)")
+    p.add_argument("--graph-backend", choices=["segment", "bcoo", "dense"], default="segment",
+                   help="LightGCN's propagation on the JAX side (jaxrec.models.lightgcn.BACKENDS)")
     p.add_argument("--tol", type=float, default=1e-9, help="float64 agreement needed before timing")
     p.add_argument("--out", default="results")
     args = p.parse_args(argv)
@@ -314,15 +320,17 @@ def main(argv=None):
         for mode in args.modes:
             cfg = mal.MALConfig(base=base, **MODES[mode])
             batch, meta, graph, nu, ni = fixed_batches(cfg, split)
-            agree = agreement(cfg, batch, meta, graph, nu, ni)
+            agree = agreement(cfg, batch, meta, graph, nu, ni, args.graph_backend)
             if max(agree.values()) > args.tol:
                 sys.exit(f"{base} {mode}: the PyTorch and JAX steps disagree in float64 ({agree}); not timing")
-            t = timings(cfg, batch, meta, graph, nu, ni, args.steps, args.rounds, args.torch_sparse)
+            t = timings(cfg, batch, meta, graph, nu, ni, args.steps, args.rounds, args.torch_sparse,
+                        args.graph_backend)
             rows[mode] = dict(jax_s=t["jax"], torch_s=t["torch"], ratio=t["torch"] / t["jax"], agreement=agree)
             print(f"| {base} | {mode} | {1e3 * t['jax']:.1f} | {1e3 * t['torch']:.1f} | {t['torch'] / t['jax']:.2f} | "
                   f"{max(agree.values()):.1e} |", flush=True)
+        name = base if base == "mf" or args.graph_backend == "segment" else f"{base}_{args.graph_backend}"
         save_result("mal_torch", args.dataset, config=dict(vars(args), base=base, mal=dataclasses.asdict(cfg)),
-                    seed=0, metrics=rows, wall_time=time.perf_counter() - t0, root=args.out, name=base,
+                    seed=0, metrics=rows, wall_time=time.perf_counter() - t0, root=args.out, name=name,
                     extra={"torch": torch.__version__, "threads": torch.get_num_threads(),
                            "load_average": os.getloadavg()})
 

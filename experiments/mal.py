@@ -85,11 +85,14 @@ def _metrics(m: dict, prefix: str = "") -> dict:
 
 
 def run_one(cfg: mal.MALConfig, dataset: str, data_dir, seed: int, out: str, save: bool = True,
-            tag: str = "", verbose: bool = True, split_cache: dict | None = None) -> dict:
+            tag: str = "", verbose: bool = True, split_cache: dict | None = None,
+            graph_backend: str = "segment") -> dict:
     """Train one configuration with one seed (split seed = seed) or load its cached result file.
 
     While it trains, a ``<model>_<hash>_seed<k>.running`` marker (holding the pid) tells other processes that
-    share ``out`` to wait for the result instead of training the same run again (see ``--reverse``)."""
+    share ``out`` to wait for the result instead of training the same run again (see ``--reverse``).
+    ``graph_backend`` (LightGCN's propagation) is recorded in the result but is not part of the run's key:
+    every back end computes the same model."""
     key = f"{cfg.name}_{config_hash(cfg)}_seed{seed}"
     name = f"{tag}{key}"
     path = Path(out) / EXPERIMENT / dataset / f"{name}.json"
@@ -111,7 +114,8 @@ def run_one(cfg: mal.MALConfig, dataset: str, data_dir, seed: int, out: str, sav
         waited = True
         time.sleep(10)
     try:
-        return _train_and_save(cfg, dataset, data_dir, seed, out, save, name, path, verbose, split_cache)
+        return _train_and_save(cfg, dataset, data_dir, seed, out, save, name, path, verbose, split_cache,
+                               graph_backend)
     finally:
         if save:
             marker.unlink(missing_ok=True)
@@ -140,19 +144,22 @@ def _claim(marker: Path) -> bool:
     return True
 
 
-def _train_and_save(cfg, dataset, data_dir, seed, out, save, name, path, verbose, split_cache) -> dict:
+def _train_and_save(cfg, dataset, data_dir, seed, out, save, name, path, verbose, split_cache,
+                    graph_backend="segment") -> dict:
     from jaxrec.results import save_result
 
     split_cache = {} if split_cache is None else split_cache
     if seed not in split_cache:
         split_cache[seed] = load_split(dataset, data_dir, seed)
     t0 = time.perf_counter()
-    res = mal.train(cfg, split_cache[seed], seed=seed, log=(lambda s: print(s, flush=True)) if verbose else None)
+    res = mal.train(cfg, split_cache[seed], seed=seed, log=(lambda s: print(s, flush=True)) if verbose else None,
+                    graph_backend=graph_backend)
     wall = time.perf_counter() - t0
     metrics = {**_metrics(res["test"]), **_metrics(res["val"], "val_")}
     extra = {"model": cfg.name, "best_epoch": res["best_epoch"], "epochs_run": res["epochs_run"],
              "time_per_epoch_s": res["time_per_epoch_s"], "train_time_s": res["train_time_s"],
              "neighbor_time_s": res["neighbor_time_s"], "mean_neighbors": res["n_neighbors"],
+             "graph_backend": res["graph_backend"],
              "history": res["history"],
              "lam_summary": {k: {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()),
                                  "max": float(v.max())} for k, v in res["lam"].items()}}
@@ -216,7 +223,7 @@ def tune(cfg: mal.MALConfig, grid: list[dict], args, cache: dict) -> tuple[mal.M
         grid = grid[:2]
     cfgs = [dataclasses.replace(cfg, **g) for g in grid]
     recs = {i: run_one(cfgs[i], args.dataset, args.data_dir, 0, args.out, not args.no_save, tag="tune_",
-                       split_cache=cache) for i in _order(range(len(grid)), args)}
+                       split_cache=cache, graph_backend=args.graph_backend) for i in _order(range(len(grid)), args)}
     rows = [(recs[i]["metrics"]["val_recall@20"], g, cfgs[i]) for i, g in enumerate(grid)]
     best = max(rows, key=lambda r: r[0])
     print(f"tuned {cfg.name}: best {best[1]} val R@20 {best[0]:.4f} over {len(rows)} configs", flush=True)
@@ -241,7 +248,8 @@ def _order(items, args) -> list:
 
 def run_seeds(cfg, args, cache) -> list[dict]:
     seeds = seed_list(args)
-    recs = {s: run_one(cfg, args.dataset, args.data_dir, s, args.out, not args.no_save, split_cache=cache)
+    recs = {s: run_one(cfg, args.dataset, args.data_dir, s, args.out, not args.no_save, split_cache=cache,
+                       graph_backend=args.graph_backend)
             for s in _order(seeds, args)}
     return [recs[s]["metrics"] for s in seeds]
 
@@ -331,7 +339,7 @@ def table_timing(args) -> str:
     for base in args.bases.split(","):
         cfg = base_config(args, base=base, aux=("user", "item"), mode="sog")
         t = mal.time_hypergradients(cfg, split, unroll=range(1, 6), cg=(1, 2, 3, 5),
-                                    repeats=args.timing_repeats, seed=0)
+                                    repeats=args.timing_repeats, seed=0, graph_backend=args.graph_backend)
         rows[base] = t
         th, thm = t["theta_step_s"], t["theta_step_median_s"]
         lines.append(f"**{base}** (batch {cfg.batch_size}, meta batch {cfg.meta_batch_size}, d={cfg.dim}; plain "
@@ -419,6 +427,9 @@ def build_parser():
                    help="--table: work through grids and seeds in reverse order, so a second process running the "
                         "same command (same --out) shares the work; runs in progress are not duplicated")
     p.add_argument("--base", choices=("mf", "lightgcn"), default="mf")
+    p.add_argument("--graph-backend", choices=("segment", "bcoo", "dense"), default="segment",
+                   help="LightGCN's propagation: edge list + segment_sum, BCOO, or a dense user x item block (faster "
+                        "on small dense sets such as ml-100k); the same model, so not part of a run's cache key")
     p.add_argument("--mode", choices=("sog", "ig", "fixed"), default="sog")
     p.add_argument("--aux", default="user,item", help="auxiliary tasks: 'user,item', 'user', 'item' or 'none'")
     p.add_argument("--dim", type=int, default=64)
@@ -445,8 +456,8 @@ def main(argv=None) -> None:
         args.timing_repeats = min(args.timing_repeats, 3)
     if args.table is None:
         cfg = base_config(args)
-        runs = [run_one(cfg, args.dataset, args.data_dir, s, args.out, not args.no_save)["metrics"]
-                for s in seed_list(args)]
+        runs = [run_one(cfg, args.dataset, args.data_dir, s, args.out, not args.no_save,
+                        graph_backend=args.graph_backend)["metrics"] for s in seed_list(args)]
         from jaxrec.results import format_table
 
         print(format_table({cfg.name: runs}, [f"{m}@{k}" for m in ("recall", "ndcg", "precision") for k in KS]))

@@ -36,7 +36,7 @@ def test_hand_graph_weights():
     assert (3 + 4) not in {r for r, _ in w}  # item 4 has no interaction: no edge
 
 
-@pytest.mark.parametrize("backend", ["segment", "bcoo"])
+@pytest.mark.parametrize("backend", ["segment", "bcoo", "dense"])
 def test_propagation_matches_dense(backend):
     rng = np.random.default_rng(0)
     nu, ni, d = 7, 9, 4
@@ -63,13 +63,17 @@ def test_backends_have_equal_gradients():
     u, i = rng.integers(0, 11, 60), rng.integers(0, 13, 60)
     with jax.enable_x64(True):
         params = lightgcn.init_params(jax.random.PRNGKey(0), 11, 13, 3)
-        grads = []
-        for backend in ("segment", "bcoo"):
+        grads, hvps = [], []
+        v = jax.tree.map(jnp.ones_like, params)
+        for backend in lightgcn.BACKENDS:
             g = lightgcn.build_graph(u, i, 11, 13, backend=backend)
-            f = lambda p: jnp.sum(jnp.sin(lightgcn.score_users(p, g, jnp.arange(11))))
+            f = lambda p, g=g: jnp.sum(jnp.sin(lightgcn.score_users(p, g, jnp.arange(11))))
             grads.append(jax.grad(f)(params))
+            hvps.append(jax.jvp(jax.grad(f), (params,), (v,))[1])  # forward-over-reverse (IG's default)
         for k in ("user", "item"):
-            np.testing.assert_allclose(grads[0][k], grads[1][k], rtol=1e-10, atol=1e-12)
+            for other in range(1, len(grads)):
+                np.testing.assert_allclose(grads[0][k], grads[other][k], rtol=1e-10, atol=1e-12)
+                np.testing.assert_allclose(hvps[0][k], hvps[other][k], rtol=1e-10, atol=1e-12)
         # zero layers = matrix factorisation on the raw embeddings
         g = lightgcn.build_graph(u, i, 11, 13)
         eu, ei = lightgcn.representations(params, g, n_layers=0)
@@ -80,7 +84,22 @@ def test_build_graph_rejects_bad_ids():
     with pytest.raises(ValueError, match="out of range"):
         lightgcn.build_graph(np.array([0, 3]), np.array([0, 0]), 3, 2)
     with pytest.raises(ValueError, match="backend"):
-        lightgcn.build_graph(np.array([0]), np.array([0]), 1, 1, backend="dense")
+        lightgcn.build_graph(np.array([0]), np.array([0]), 1, 1, backend="csr")
+
+
+def test_dense_backend_refuses_large_graphs_and_switches_both_ways(monkeypatch):
+    u, i = np.array([0, 1, 2, 2]), np.array([0, 3, 1, 4])
+    g = lightgcn.build_graph(u, i, 3, 5)
+    d = g.with_backend("dense")
+    assert d.block.shape == (3, 5) and d.backend == "dense"
+    np.testing.assert_allclose(np.asarray(d.block)[2, 1], 1 / np.sqrt(2 * 1), rtol=1e-6)  # user 2 deg 2, item 1 deg 1
+    back = d.with_backend("segment")
+    assert back.block is None and back.backend == "segment"
+    monkeypatch.setattr(lightgcn, "DENSE_MAX_ENTRIES", 14)
+    with pytest.raises(ValueError, match="3 x 5 matrix.*use backend='segment'"):
+        lightgcn.build_graph(u, i, 3, 5, backend="dense")
+    with pytest.raises(ValueError, match="DENSE_MAX_ENTRIES"):
+        g.with_backend("dense")
 
 
 # ---------------------------------------------------------------------------------- neighbour search

@@ -183,6 +183,24 @@ def test_sog_hypergradient_matches_finite_differences(base):
         assert float(d_lam["user"][3]) == 0.0
 
 
+@pytest.mark.parametrize("mode", ["sog", "ig"])
+def test_lightgcn_backends_give_the_same_mal_update(mode):
+    """``make_update`` with LightGCN's dense and BCOO propagation equals the edge-list one (float64): the graph
+    back end is an implementation detail, not part of the model (so it is not in a run's cache key)."""
+    with jax.enable_x64(True):
+        cfg, theta, lam, batch, meta, graph = _tiny(base="lightgcn")
+        cfg = dataclasses.replace(cfg, mode=mode)
+        state = dict(mal.init_state(jax.random.PRNGKey(0), cfg, 4, 5, dtype=jnp.float64), theta=theta, lam=lam)
+        outs = {b: jax.jit(mal.make_update(cfg, graph.with_backend(b)))(state, batch, meta)
+                for b in ("segment", "bcoo", "dense")}
+        for b in ("bcoo", "dense"):
+            for part in ("theta", "lam"):
+                for k in ("user", "item"):
+                    np.testing.assert_allclose(outs[b][0][part][k], outs["segment"][0][part][k], rtol=1e-9,
+                                               atol=1e-12)
+        assert not np.allclose(outs["dense"][0]["lam"]["user"], lam["user"])  # Lambda did move
+
+
 def test_unrolled_hypergradient_matches_finite_differences():
     with jax.enable_x64(True):
         cfg, theta, lam, batch, meta, _ = _tiny(seed=1)
