@@ -47,6 +47,10 @@ jax.config.update("jax_enable_x64", True)  # float64 for the agreement check; th
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+try:  # python -m benchmarks.<name>, or imported by the tests
+    from benchmarks.torch_util import import_torch  # noqa: E402
+except ImportError:  # python benchmarks/<name>.py
+    from torch_util import import_torch  # noqa: E402
 from jaxrec.methods import mal  # noqa: E402
 from jaxrec.models import lightgcn  # noqa: E402
 
@@ -57,30 +61,14 @@ MODES = {"fixed": dict(mode="fixed"), "SOG": dict(mode="sog"), "IG k=2": dict(mo
 
 
 def fixed_batches(config: mal.MALConfig, split, seed: int = 0):
-    """One train batch with its auxiliary samples and one meta batch (numpy), the neighbourhoods and the
-    graph's edge list, drawn as ``mal.train`` draws them."""
-    from jaxrec.data import to_csr
-
-    tr, va = split[0], split[1]
+    """``mal.fixed_batches`` (one train batch with its auxiliary samples, one meta batch) as numpy, and the
+    training graph (float64 weights)."""
+    tr = split[0]
     n_users, n_items = int(tr.n_users), int(tr.n_items)
-    train_csr = to_csr(tr)
-    seen_csr = ((train_csr + to_csr(va)) > 0).astype(np.float32).tocsr()
-    rng = np.random.default_rng(seed)
-    bs, mbs = min(config.batch_size, len(tr.user)), min(config.meta_batch_size, len(va.user))
-    tb = jax.tree.map(lambda x: x[0], mal._epoch_arrays(rng, tr.user, tr.item, train_csr, 1, bs, replace=False))
-    mb = jax.tree.map(lambda x: x[0], mal._epoch_arrays(rng, va.user, va.item, seen_csr, 1, mbs, replace=True))
-    neighbors = mal.build_neighbors(train_csr, config)
-    batch = dict(tb)
-    sizes, anchor = {"user": n_users, "item": n_items}, {"user": "user", "item": "pos"}
-    keys = jax.random.split(jax.random.PRNGKey(seed + 1), 2)
-    for j, t in enumerate(config.aux):
-        nb = neighbors[t]
-        s = mal.sample_aux(keys[j], batch[anchor[t]], jnp.asarray(nb.index), jnp.asarray(nb.count), sizes[t],
-                           min(config.n_aux_neg, sizes[t]), True)
-        batch.update({f"{t}_aux_{k}": v for k, v in s.items()})
+    batch, meta = mal.fixed_batches(config, split, seed)
     graph = lightgcn.build_graph(tr.user, tr.item, n_users, n_items, dtype=jnp.float64)
     to_np = lambda d: {k: np.asarray(v) for k, v in d.items()}  # noqa: E731
-    return to_np(batch), to_np(mb), graph, n_users, n_items
+    return to_np(batch), to_np(meta), graph, n_users, n_items
 
 
 # ---------------------------------------------------------------------------------------------- JAX side
@@ -304,11 +292,7 @@ def main(argv=None):
     p.add_argument("--out", default="results")
     args = p.parse_args(argv)
     live_output()
-    try:
-        import torch
-    except ImportError:
-        sys.exit("benchmarks/mal_torch.py needs PyTorch for the comparison (not a jaxrec dependency): pip install torch")
-    torch.set_num_threads(args.threads)
+    torch = import_torch("benchmarks/mal_torch.py", args.threads)
     split = load_split(args.dataset, args.data_dir, 0)
     print(f"{args.dataset}: torch {torch.__version__} ({torch.get_num_threads()} threads), jax {jax.__version__} "
           f"({jax.devices()[0].platform}), load average {os.getloadavg()[0]:.1f}")

@@ -37,6 +37,10 @@ jax.config.update("jax_enable_x64", True)  # float64 for the agreement check; th
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+try:  # python -m benchmarks.<name>, or imported by the tests
+    from benchmarks.torch_util import import_torch  # noqa: E402
+except ImportError:  # python benchmarks/<name>.py
+    from torch_util import import_torch  # noqa: E402
 from jaxrec.methods import meta_wrapper as mw  # noqa: E402
 from jaxrec.models.ctr import cast_params, merge_params, split_params  # noqa: E402
 
@@ -158,11 +162,7 @@ def main(argv=None):
     p.add_argument("--out", default="results")
     args = p.parse_args(argv)
     live_output()
-    try:
-        import torch
-    except ImportError:
-        sys.exit("benchmarks/meta_wrapper_torch.py needs PyTorch (not a jaxrec dependency): pip install torch")
-    torch.set_num_threads(args.threads)
+    torch = import_torch("benchmarks/meta_wrapper_torch.py", args.threads)
     t_start = time.perf_counter()
     split = load_split(args, 0)
     tr = split.train

@@ -78,6 +78,7 @@ __all__ = [
     "score_fn_for",
     "make_step",
     "make_update",
+    "fixed_batches",
     "time_hypergradients",
 ]
 
@@ -518,6 +519,33 @@ def train(config: MALConfig, split, seed: int = 0, *, log: Callable[[str], None]
     return out
 
 
+def fixed_batches(config: MALConfig, split, seed: int = 0) -> tuple[dict, dict]:
+    """One train batch with its auxiliary samples and one meta batch, drawn as :func:`train` draws them
+    (``config.batch_size`` / ``config.meta_batch_size`` interactions of ``split.train`` / ``split.val``): the
+    fixed inputs of timings and cross-checks. Returns ``(batch, meta_batch)`` of device arrays."""
+    from jaxrec.data import to_csr
+
+    tr, va = split[0], split[1]
+    n_users, n_items = int(tr.n_users), int(tr.n_items)
+    train_csr = to_csr(tr)
+    seen_csr = ((train_csr + to_csr(va)) > 0).astype(np.float32).tocsr()
+    rng = np.random.default_rng(seed)
+    bs, mbs = min(config.batch_size, len(tr.user)), min(config.meta_batch_size, len(va.user))
+    tb = jax.tree.map(lambda x: x[0], _epoch_arrays(rng, tr.user, tr.item, train_csr, 1, bs, replace=False))
+    mb = jax.tree.map(lambda x: x[0], _epoch_arrays(rng, va.user, va.item, seen_csr, 1, mbs, replace=True))
+    neighbors = build_neighbors(train_csr, config)
+    batch = dict(tb)
+    sizes = {"user": n_users, "item": n_items}
+    anchor_key = {"user": "user", "item": "pos"}
+    keys = jax.random.split(jax.random.PRNGKey(seed + 1), 2)
+    for j, t in enumerate(config.aux):
+        nb = neighbors[t]
+        s = sample_aux(keys[j], batch[anchor_key[t]], jnp.asarray(nb.index), jnp.asarray(nb.count), sizes[t],
+                       min(config.n_aux_neg, sizes[t]), True)
+        batch.update({f"{t}_aux_{k}": v for k, v in s.items()})
+    return batch, mb
+
+
 def time_hypergradients(config: MALConfig, split, *, unroll=(1, 2, 3, 4, 5), cg=(1, 2, 3, 5), repeats: int = 20,
                         seed: int = 0, graph_backend: str = "segment") -> dict[str, Any]:
     """Wall time of one Lambda update per hypergradient method vs one plain Theta step.
@@ -530,31 +558,13 @@ def time_hypergradients(config: MALConfig, split, *, unroll=(1, 2, 3, 4, 5), cg=
     seconds}, "methods_median", "theta_step_median_s", "wall_s"}``: the minimum over ``repeats`` calls (robust
     to other processes on a shared machine) and the median; calls are interleaved round robin.
     """
-    from jaxrec.data import to_csr
-
     t_start = time.perf_counter()
-    tr, va = split[0], split[1]
+    tr = split[0]
     n_users, n_items = int(tr.n_users), int(tr.n_items)
-    train_csr = to_csr(tr)
-    seen_csr = ((train_csr + to_csr(va)) > 0).astype(np.float32).tocsr()
-    rng = np.random.default_rng(seed)
-    bs, mbs = min(config.batch_size, len(tr.user)), min(config.meta_batch_size, len(va.user))
-    tb = jax.tree.map(lambda x: x[0], _epoch_arrays(rng, tr.user, tr.item, train_csr, 1, bs, replace=False))
-    mb = jax.tree.map(lambda x: x[0], _epoch_arrays(rng, va.user, va.item, seen_csr, 1, mbs, replace=True))
-    neighbors = build_neighbors(train_csr, config)
+    batch, mb = fixed_batches(config, split, seed)  # one auxiliary sample, shared by every method
     graph = (lightgcn.build_graph(tr.user, tr.item, n_users, n_items, backend=graph_backend)
              if config.base == "lightgcn" else None)
     state = init_state(jax.random.PRNGKey(seed), config, n_users, n_items)
-    # one auxiliary sample, shared by every method
-    batch = dict(tb)
-    sizes = {"user": n_users, "item": n_items}
-    anchor_key = {"user": "user", "item": "pos"}
-    keys = jax.random.split(jax.random.PRNGKey(seed + 1), 2)
-    for j, t in enumerate(config.aux):
-        nb = neighbors[t]
-        s = sample_aux(keys[j], batch[anchor_key[t]], jnp.asarray(nb.index), jnp.asarray(nb.count), sizes[t],
-                       min(config.n_aux_neg, sizes[t]), True)
-        batch.update({f"{t}_aux_{k}": v for k, v in s.items()})
     inner_loss, outer_loss = make_losses(config, graph)
     opt_t, opt_l = optax.adam(config.lr), optax.adam(config.meta_lr, eps=config.meta_eps)
 
