@@ -286,7 +286,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--torch-sparse", choices=["csr", "coo"], default="csr",
                    help="layout of LightGCN's adjacency on the PyTorch side (about equally fast here)")
-    p.add_argument("--graph-backend", choices=["segment", "bcoo", "dense"], default="segment",
+    p.add_argument("--graph-backend", choices=lightgcn.BACKENDS, default="segment",
                    help="LightGCN's propagation on the JAX side (jaxrec.models.lightgcn.BACKENDS)")
     p.add_argument("--tol", type=float, default=1e-9, help="float64 agreement needed before timing")
     p.add_argument("--out", default="results")

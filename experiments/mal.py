@@ -38,6 +38,7 @@ import numpy as np
 
 from jaxrec.cli import common_parser, live_output, seed_list
 from jaxrec.methods import mal
+from jaxrec.models import lightgcn
 
 EXPERIMENT = "mal"
 KS = (5, 10, 15, 20)
@@ -427,7 +428,7 @@ def build_parser():
                    help="--table: work through grids and seeds in reverse order, so a second process running the "
                         "same command (same --out) shares the work; runs in progress are not duplicated")
     p.add_argument("--base", choices=("mf", "lightgcn"), default="mf")
-    p.add_argument("--graph-backend", choices=("segment", "bcoo", "dense"), default="segment",
+    p.add_argument("--graph-backend", choices=lightgcn.BACKENDS, default="segment",
                    help="LightGCN's propagation: edge list + segment_sum, BCOO, or a dense user x item block (faster "
                         "on small dense sets such as ml-100k); the same model, so not part of a run's cache key")
     p.add_argument("--mode", choices=("sog", "ig", "fixed"), default="sog")

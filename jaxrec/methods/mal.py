@@ -368,21 +368,25 @@ def make_step(config: MALConfig, n_users: int, n_items: int, neighbors: dict, gr
     """
     update = make_update(config, graph)
     nb = {t: (jnp.asarray(n.index), jnp.asarray(n.count)) for t, n in neighbors.items()}
-    sizes = {"user": n_users, "item": n_items}
-    anchor_key = {"user": "user", "item": "pos"}
 
     def step(state, train_batch, meta_batch, key):
-        batch = dict(train_batch)
-        keys = jax.random.split(key, 2)
-        for j, t in enumerate(config.aux):
-            k_neg = min(config.n_aux_neg, sizes[t]) if config.shared_negatives else config.n_aux_neg
-            s = sample_aux(keys[j], batch[anchor_key[t]], nb[t][0], nb[t][1], sizes[t], k_neg,
-                           config.shared_negatives)
-            for name, v in s.items():
-                batch[f"{t}_aux_{name}"] = v
-        return update(state, batch, meta_batch)
+        return update(state, _with_aux_samples(config, train_batch, nb, n_users, n_items, key), meta_batch)
 
     return step
+
+
+def _with_aux_samples(config: MALConfig, batch: dict, nb: dict, n_users: int, n_items: int, key) -> dict:
+    """``batch`` plus the ``{t}_aux_*`` entries of :func:`make_losses`, drawn by :func:`sample_aux` for each
+    auxiliary task ``t`` (anchors: ``user`` for users, ``pos`` for items); ``nb[t] = (index, count)``."""
+    batch = dict(batch)
+    sizes = {"user": n_users, "item": n_items}
+    anchor_key = {"user": "user", "item": "pos"}
+    keys = jax.random.split(key, 2)
+    for j, t in enumerate(config.aux):
+        k_neg = min(config.n_aux_neg, sizes[t]) if config.shared_negatives else config.n_aux_neg
+        s = sample_aux(keys[j], batch[anchor_key[t]], nb[t][0], nb[t][1], sizes[t], k_neg, config.shared_negatives)
+        batch.update({f"{t}_aux_{name}": v for name, v in s.items()})
+    return batch
 
 
 def make_epoch_fn(step: Callable) -> Callable:
@@ -533,17 +537,8 @@ def fixed_batches(config: MALConfig, split, seed: int = 0) -> tuple[dict, dict]:
     bs, mbs = min(config.batch_size, len(tr.user)), min(config.meta_batch_size, len(va.user))
     tb = jax.tree.map(lambda x: x[0], _epoch_arrays(rng, tr.user, tr.item, train_csr, 1, bs, replace=False))
     mb = jax.tree.map(lambda x: x[0], _epoch_arrays(rng, va.user, va.item, seen_csr, 1, mbs, replace=True))
-    neighbors = build_neighbors(train_csr, config)
-    batch = dict(tb)
-    sizes = {"user": n_users, "item": n_items}
-    anchor_key = {"user": "user", "item": "pos"}
-    keys = jax.random.split(jax.random.PRNGKey(seed + 1), 2)
-    for j, t in enumerate(config.aux):
-        nb = neighbors[t]
-        s = sample_aux(keys[j], batch[anchor_key[t]], jnp.asarray(nb.index), jnp.asarray(nb.count), sizes[t],
-                       min(config.n_aux_neg, sizes[t]), True)
-        batch.update({f"{t}_aux_{k}": v for k, v in s.items()})
-    return batch, mb
+    nb = {t: (jnp.asarray(n.index), jnp.asarray(n.count)) for t, n in build_neighbors(train_csr, config).items()}
+    return _with_aux_samples(config, tb, nb, n_users, n_items, jax.random.PRNGKey(seed + 1)), mb
 
 
 def time_hypergradients(config: MALConfig, split, *, unroll=(1, 2, 3, 4, 5), cg=(1, 2, 3, 5), repeats: int = 20,

@@ -89,10 +89,14 @@ class Graph:
         return self.replace(backend=backend, block=block)
 
 
+def _dense_fits(n_users: int, n_items: int) -> bool:
+    return n_users * n_items <= DENSE_MAX_ENTRIES
+
+
 def _check_backend(backend: str, n_users: int, n_items: int) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "dense" and n_users * n_items > DENSE_MAX_ENTRIES:
+    if backend == "dense" and not _dense_fits(n_users, n_items):
         raise ValueError(
             f"backend='dense' would hold a {n_users} x {n_items} matrix ({n_users * n_items:,} entries, above "
             f"DENSE_MAX_ENTRIES = {DENSE_MAX_ENTRIES:,}); use backend='segment' for a graph this size")
@@ -210,7 +214,7 @@ def benchmark_backends(graph: Graph, dim: int = 64, n_layers: int = 3, repeats: 
     emb = jax.random.normal(key, (graph.n_nodes, dim))
     out = {}
     for backend in BACKENDS:
-        if backend == "dense" and graph.n_users * graph.n_items > DENSE_MAX_ENTRIES:
+        if backend == "dense" and not _dense_fits(graph.n_users, graph.n_items):
             continue
         g = graph.with_backend(backend)
         # the graph is an argument (not a closure constant), as in a training step
