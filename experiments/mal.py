@@ -29,16 +29,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from jaxrec.cli import common_parser, live_output, seed_list
+from jaxrec.cli import add_reverse_flag, common_parser, live_output, seed_list, work_order
 from jaxrec.methods import mal
 from jaxrec.models import lightgcn
+from jaxrec.results import await_or_claim
 
 EXPERIMENT = "mal"
 KS = (5, 10, 15, 20)
@@ -100,49 +100,24 @@ def run_one(cfg: mal.MALConfig, dataset: str, data_dir, seed: int, out: str, sav
     # a finished run with the same (config, seed) is re-used; a tuning run with seed 0 is the same run
     cands = (path, path.with_name(f"tune_{key}.json"))
     marker = path.with_name(f"{key}.running")
-    waited = False
-    while True:
+
+    def find():
         for cand in cands:
             if cand.exists():
-                rec = json.loads(cand.read_text())
                 if verbose:
                     print(f"[cached] {cand}", flush=True)
-                return rec
-        if not save or _claim(marker):
-            break
-        if verbose and not waited:
-            print(f"[waiting] {marker.name}: another process is running this configuration", flush=True)
-        waited = True
-        time.sleep(10)
+                return json.loads(cand.read_text())
+        return None
+
+    rec = find() if not save else await_or_claim(find, marker, verbose=verbose)
+    if rec is not None:
+        return rec
     try:
         return _train_and_save(cfg, dataset, data_dir, seed, out, save, name, path, verbose, split_cache,
                                graph_backend)
     finally:
         if save:
             marker.unlink(missing_ok=True)
-
-
-def _claim(marker: Path) -> bool:
-    """Claim a run for this process with a ``.running`` marker holding its pid. False while another live process
-    holds it; a marker left by a process that died is taken over."""
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        try:
-            pid = int(marker.read_text().strip() or 0)
-            os.kill(pid, 0)
-            return False
-        except ProcessLookupError:
-            marker.unlink(missing_ok=True)  # stale: its process is gone
-            return _claim(marker)
-        except (ValueError, FileNotFoundError):
-            return False  # being written or just released: look again
-        except PermissionError:
-            return False  # alive, owned by another user
-    with os.fdopen(fd, "w") as f:
-        f.write(str(os.getpid()))
-    return True
 
 
 def _train_and_save(cfg, dataset, data_dir, seed, out, save, name, path, verbose, split_cache,
@@ -224,7 +199,7 @@ def tune(cfg: mal.MALConfig, grid: list[dict], args, cache: dict) -> tuple[mal.M
         grid = grid[:2]
     cfgs = [dataclasses.replace(cfg, **g) for g in grid]
     recs = {i: run_one(cfgs[i], args.dataset, args.data_dir, 0, args.out, not args.no_save, tag="tune_",
-                       split_cache=cache, graph_backend=args.graph_backend) for i in _order(range(len(grid)), args)}
+                       split_cache=cache, graph_backend=args.graph_backend) for i in work_order(range(len(grid)), args)}
     rows = [(recs[i]["metrics"]["val_recall@20"], g, cfgs[i]) for i, g in enumerate(grid)]
     best = max(rows, key=lambda r: r[0])
     print(f"tuned {cfg.name}: best {best[1]} val R@20 {best[0]:.4f} over {len(rows)} configs", flush=True)
@@ -241,17 +216,11 @@ def tuned_mal(b_best: mal.MALConfig, args, cache: dict) -> mal.MALConfig:
     return tune(dataclasses.replace(b_best, aux=("user", "item"), mode="sog"), AUX_GRID[args.grid], args, cache)[0]
 
 
-def _order(items, args) -> list:
-    """``items`` in the order this process works through them: reversed with ``--reverse``."""
-    items = list(items)
-    return items[::-1] if getattr(args, "reverse", False) else items
-
-
 def run_seeds(cfg, args, cache) -> list[dict]:
     seeds = seed_list(args)
     recs = {s: run_one(cfg, args.dataset, args.data_dir, s, args.out, not args.no_save, split_cache=cache,
                        graph_backend=args.graph_backend)
-            for s in _order(seeds, args)}
+            for s in work_order(seeds, args)}
     return [recs[s]["metrics"] for s in seeds]
 
 
@@ -298,7 +267,7 @@ def table_ablation(args) -> str:
         variants = [(("user",), "fixed"), (("item",), "fixed"), (("user",), "sog"), (("item",), "sog"),
                     (("user", "item"), "fixed"), (("user", "item"), "sog")]
         done = {}
-        for v in _order(range(len(variants)), args):  # --reverse also walks the variants backwards
+        for v in work_order(range(len(variants)), args):  # --reverse also walks the variants backwards
             aux, mode = variants[v]
             c = dataclasses.replace(b_best, aux=aux, mode=mode)
             # fixed-weight variants search the same tau x w grid that the meta-learned ones start from, so a
@@ -424,9 +393,7 @@ def build_parser():
                    help="--table: the base grid's learning rates (default: those of --grid)")
     p.add_argument("--l2s", type=float, nargs="+", default=None,
                    help="--table: the base grid's L2 weights (default: those of --grid)")
-    p.add_argument("--reverse", action="store_true",
-                   help="--table: work through grids and seeds in reverse order, so a second process running the "
-                        "same command (same --out) shares the work; runs in progress are not duplicated")
+    add_reverse_flag(p)
     p.add_argument("--base", choices=("mf", "lightgcn"), default="mf")
     p.add_argument("--graph-backend", choices=lightgcn.BACKENDS, default="segment",
                    help="LightGCN's propagation: edge list + segment_sum, BCOO, or a dense user x item block (faster "

@@ -16,6 +16,9 @@ Examples (results land in ``results/meta_wrapper/<dataset>/``)::
 ``results/meta_wrapper/<dataset>/tuned.json``; ``--tuned`` makes main / ablation / sensitivity read it
 (M1-M4 and the sensitivity runs use Meta-Wrapper's setting) and tag their files ``<table>_tuned``.
 
+A second process running the same table command with ``--reverse`` (same ``--out``) shares the work:
+it starts at the other end of the grid and seeds and never trains a run the first one has done or is doing.
+
 ``--model`` names: base, wdl, pnn, deepfm, din (baselines, full training set), mw (= M4), M1..M4, and for
 the synthetic study fs (= DIN), fs_l2, fs_dropout.
 """
@@ -29,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxrec.cli import common_parser, live_output, seed_list
+from jaxrec.cli import add_reverse_flag, common_parser, live_output, seed_list, work_order
 
 EXPERIMENT = "meta_wrapper"
 MAIN_MODELS = ("base", "wdl", "pnn", "deepfm", "din", "mw")
@@ -191,16 +194,35 @@ def _reuse_run(args, name, seed, cfg, tag, sources, *, copy=True, show_source=Tr
 def _run_or_reuse(args, name, seed, tag, over, sources, splits, **reuse):
     """Metrics (best epoch + ``step_time``) of model ``name`` with overrides ``over`` on ``seed``: read
     back from ``sources`` (see :func:`_reuse_run`, keywords ``reuse``) if an identical run is saved, else
-    trained and saved as ``tag``. ``splits`` caches the split of the current seed only (loaded on first
-    need, so a seed whose runs are all on disk loads no data)."""
-    m = _reuse_run(args, name, seed, make_config(name, args, **over), tag, sources, **reuse)
+    trained and saved as ``tag``. While it trains, a ``{tag}_{name}_seed{seed}.running`` marker makes
+    another process that shares ``--out`` (``--reverse``) wait for the result instead of training the same
+    run. ``splits`` caches the split of the current seed only (loaded on first need, so a seed whose runs
+    are all on disk loads no data)."""
+    from jaxrec.results import await_or_claim
+
+    cfg = make_config(name, args, **over)
+
+    def find():
+        return _reuse_run(args, name, seed, cfg, tag, sources, **reuse)
+
+    if args.no_save:
+        return _train(args, name, seed, tag, over, splits)
+    marker = Path(args.out) / EXPERIMENT / args.dataset / f"{tag}_{name}_seed{seed}.running"
+    m = await_or_claim(find, marker)
     if m is None:
-        if seed not in splits:
-            splits.clear()
-            splits[seed] = load_split(args, seed)
-        res = run_one(name, args, splits[seed], seed, tag, **over)
-        m = dict(res["best"], step_time=res["step_time"])
+        try:
+            m = _train(args, name, seed, tag, over, splits)
+        finally:
+            marker.unlink(missing_ok=True)
     return m
+
+
+def _train(args, name, seed, tag, over, splits):
+    if seed not in splits:
+        splits.clear()
+        splits[seed] = load_split(args, seed)
+    res = run_one(name, args, splits[seed], seed, tag, **over)
+    return dict(res["best"], step_time=res["step_time"])
 
 
 def table_tune(args):
@@ -214,9 +236,9 @@ def table_tune(args):
     grid = [(lr, l2) for lr in args.lrs for l2 in args.l2s]
     val = {(n, g): [] for n in names for g in grid}
     splits = {}
-    for seed in seeds:
-        for name in names:
-            for lr, l2 in grid:  # a point already on disk (e.g. the grid was widened) is read back
+    for seed in work_order(seeds, args):
+        for name in work_order(names, args):
+            for lr, l2 in work_order(grid, args):  # a point already on disk (e.g. a widened grid) is read back
                 tag = f"tune_lr{lr:g}_l2{l2:g}"
                 m = _run_or_reuse(args, name, seed, tag, {"lr": lr, "l2": l2}, [(tag, name)], splits,
                                   show_source=False)
@@ -244,9 +266,9 @@ def table_models(args, names, tag):
     from jaxrec.metrics import rela_impr
     from jaxrec.results import format_table
 
-    rows, splits = {}, {}
-    for seed in seed_list(args):
-        for name in names:
+    runs, splits = {}, {}
+    for seed in work_order(seed_list(args), args):
+        for name in work_order(names, args):
             over = tuned_overrides(args, name)
             sources = [(tag, name)]
             if over and name not in ABLATION:
@@ -254,8 +276,9 @@ def table_models(args, names, tag):
             if name == "M4":
                 sources.append((tag.replace("ablation", "main"), "mw"))
             m = _run_or_reuse(args, name, seed, tag, over, sources, splits)
-            rows.setdefault(name, []).append({"test_auc": m["test_auc"], "val_auc": m["val_auc"],
-                                              "epoch": m["epoch"], "step_ms": 1e3 * m["step_time"]})
+            runs[name, seed] = {"test_auc": m["test_auc"], "val_auc": m["val_auc"], "epoch": m["epoch"],
+                                "step_ms": 1e3 * m["step_time"]}
+    rows = {name: [runs[name, seed] for seed in seed_list(args)] for name in names}
     ref = names[0]
     for name in names:
         for r, b in zip(rows[name], rows[ref]):
@@ -274,15 +297,16 @@ def table_sensitivity(args):
     values = {"n_inner": (1, 2, 3), "mu": (0.2, 0.4, 0.6, 0.8), "beta": (1e-4, 1e-3, 1e-2, 1.0)}
     grid = [(k, v) for k in args.factors for v in values[k]]
     centre = {"n_inner": args.n_inner, "mu": args.mu, "beta": args.beta}
-    rows, splits = {}, {}
-    for seed in seed_list(args):
-        for k, v in grid:
+    runs, splits = {}, {}
+    for seed in work_order(seed_list(args), args):
+        for k, v in work_order(grid, args):
             point = dict(centre, **{k: v})
             over = dict(tuned_overrides(args, "mw"), **point)
             tag = f"sens{suffix}_N{point['n_inner']}_mu{point['mu']:g}_beta{point['beta']:g}"
             done = _run_or_reuse(args, "mw", seed, tag, over, [(tag, "mw"), ("main" + suffix, "mw")], splits,
                                  copy=False, show_source=False)
-            rows.setdefault(f"{k}={v:g}", []).append({"test_auc": done["test_auc"], "val_auc": done["val_auc"]})
+            runs[k, v, seed] = {"test_auc": done["test_auc"], "val_auc": done["val_auc"]}
+    rows = {f"{k}={v:g}": [runs[k, v, seed] for seed in seed_list(args)] for k, v in grid}
     print(format_table(rows, columns=["test_auc", "val_auc"], row_header="setting"))
 
 
@@ -388,6 +412,7 @@ def build_parser():
                    help="main/ablation/sensitivity: use the lr/l2 per model from --table tune (tuned.json)")
     p.add_argument("--factors", nargs="+", default=["n_inner", "mu", "beta"],
                    choices=["n_inner", "mu", "beta"], help="--table sensitivity: the factors to vary")
+    add_reverse_flag(p)
     p.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 5e-3], help="--table tune: learning rates")
     p.add_argument("--l2s", type=float, nargs="+", default=[0.0, 1e-6], help="--table tune: l2 weights")
     p.add_argument("--model", default="mw", help="model for --table single")

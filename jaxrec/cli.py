@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["common_parser", "seed_list", "live_output"]
+__all__ = ["common_parser", "seed_list", "live_output", "add_reverse_flag", "work_order"]
 
 
 def common_parser(description: str) -> argparse.ArgumentParser:
@@ -50,3 +50,19 @@ def seed_list(args: argparse.Namespace) -> list[int]:
     if args.seeds < 1:
         raise SystemExit(f"--seeds must be >= 1, got {args.seeds}")
     return list(range(args.seeds))
+
+
+def add_reverse_flag(p: argparse.ArgumentParser) -> None:
+    """Add ``--reverse``: a table command walks its grids and seeds backwards, so that a second process
+    running the same command into the same ``--out`` starts at the other end. Runs are cached by config and
+    seed, and a run another process is training is waited for, not repeated
+    (:func:`jaxrec.results.await_or_claim`); the table both print is the same."""
+    p.add_argument("--reverse", action="store_true",
+                   help="--table: work through grids and seeds in reverse order, so a second process running the "
+                        "same command (same --out) shares the work; runs in progress are not duplicated")
+
+
+def work_order(items, args: argparse.Namespace) -> list:
+    """``items`` in the order this process works through them: reversed with ``--reverse``."""
+    items = list(items)
+    return items[::-1] if getattr(args, "reverse", False) else items

@@ -8,7 +8,8 @@ Every experiment run writes one JSON file ``<root>/<experiment>/<dataset>/<name>
      "device": {"platform", "devices", "x64"}, "command", "git_commit", "timestamp", "extra"}
 
 :func:`load_results` reads them back; :func:`mean_std` and :func:`format_table` build the
-"mean ± std over seeds" tables of RESULTS.md.
+"mean ± std over seeds" tables of RESULTS.md. :func:`await_or_claim` lets several processes that write to
+one results folder share a grid of runs (``--reverse`` in the experiments) without training a run twice.
 """
 from __future__ import annotations
 
@@ -20,14 +21,15 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 __all__ = ["save_result", "load_results", "mean_std", "format_table", "relative_improvement",
-           "package_versions", "device_info", "to_jsonable"]
+           "package_versions", "device_info", "to_jsonable", "claim_run", "await_or_claim"]
 
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "jaxopt", "chex", "numpy", "scipy", "jaxrec")
 
@@ -85,6 +87,55 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return to_jsonable(obj.item())
     return str(obj)
+
+
+def claim_run(marker: str | os.PathLike) -> bool:
+    """Claim a run for this process with a ``.running`` marker file holding its pid.
+
+    False while another live process holds the marker; a marker left by a process that died is taken over.
+    Several processes that share a results folder use it to split a grid between them without training a
+    configuration twice (see :func:`await_or_claim`)."""
+    marker = Path(marker)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            pid = int(marker.read_text().strip() or 0)
+            os.kill(pid, 0)
+            return False
+        except ProcessLookupError:
+            marker.unlink(missing_ok=True)  # stale: its process is gone
+            return claim_run(marker)
+        except (ValueError, FileNotFoundError):
+            return False  # being written or just released: look again
+        except PermissionError:
+            return False  # alive, owned by another user
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return True
+
+
+def await_or_claim(find: Callable[[], Any], marker: str | os.PathLike, *, poll_s: float = 10.0,
+                   verbose: bool = True) -> Any:
+    """The saved result of a run, or ``None`` once this process has claimed the run.
+
+    ``find()`` returns the saved result (anything but ``None``) or ``None`` while there is none. While another
+    live process holds ``marker`` (it is training the same run), wait and look again every ``poll_s``
+    seconds. A ``None`` return means this process now holds ``marker``: it trains and saves the run, then
+    removes the marker (``Path(marker).unlink(missing_ok=True)``, in a ``finally``), in that order, so that
+    a waiting process finds the result the moment the marker is gone."""
+    waited = False
+    while True:
+        found = find()
+        if found is not None:
+            return found
+        if claim_run(marker):
+            return None
+        if verbose and not waited:
+            print(f"[waiting] {Path(marker).name}: another process is running this configuration", flush=True)
+        waited = True
+        time.sleep(poll_s)
 
 
 def save_result(experiment: str, dataset: str, *, config: Any, seed: int, metrics: Mapping[str, Any],

@@ -339,24 +339,6 @@ def test_cli_base_grid_override(tmp_path):
     assert [(c["lr"], c["l2"]) for c in base_runs] == [(2e-2, 3e-2)]
 
 
-def test_run_marker_claims_and_takes_over_stale(tmp_path):
-    """A ``.running`` marker is claimed once; a live holder blocks a second claim; a dead holder's marker is
-    taken over."""
-    import os
-    import subprocess
-    import sys
-
-    from experiments import mal as exp
-
-    m = tmp_path / "sub" / "MF_x_seed0.running"
-    assert exp._claim(m) and m.read_text() == str(os.getpid())
-    assert not exp._claim(m)  # held by this (live) process
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    m.write_text(str(dead.pid))
-    assert exp._claim(m) and m.read_text() == str(os.getpid())
-
-
 def test_cli_reverse_shares_cached_runs(tmp_path, capsys):
     """``--reverse`` walks grids and seeds backwards but builds the same table: after a forward run into the same
     ``--out`` it trains nothing and picks the same configurations."""

@@ -179,9 +179,18 @@ def test_cli_tune_selects_best_validation_setting_and_tuned_reuses_it(tmp_path, 
           "--out", out])  # the same grid again: both runs are read back, not retrained
     assert capsys.readouterr().out.count("(saved)") == 2
     assert json.loads((tmp_path / "meta_wrapper" / "synthetic" / "tuned.json").read_text()) == tuned
+    main(["--table", "tune", "--quick", "--models", "base", "--lrs", "1e-3", "2e-2", "--l2s", "0",
+          "--out", out, "--reverse"])  # a second process's order: the same runs, read back
+    assert capsys.readouterr().out.count("(saved)") == 2
+    assert json.loads((tmp_path / "meta_wrapper" / "synthetic" / "tuned.json").read_text()) == tuned
     main(["--table", "main", "--tuned", "--quick", "--models", "base", "--seeds", "2", "--out", out])
     out_text = capsys.readouterr().out
     assert out_text.count("(saved tune_") == 1  # seed 0 is the tuning run of the selected setting
+    main(["--table", "main", "--tuned", "--quick", "--models", "base", "--seeds", "2", "--out", out, "--reverse"])
+    rev_text = capsys.readouterr().out
+    assert "epoch=" not in rev_text and rev_text.count("(saved") == 2  # nothing trained again
+    assert rev_text.splitlines()[-3:] == out_text.splitlines()[-3:]  # same table, rows in seed order
+    assert not list((tmp_path / "meta_wrapper" / "synthetic").glob("*.running"))
     for seed in (0, 1):
         rec = json.loads((tmp_path / "meta_wrapper" / "synthetic" / f"main_tuned_base_seed{seed}.json").read_text())
         assert rec["config"]["lr"] == tuned["base"]["lr"]

@@ -225,3 +225,52 @@ def test_live_output_line_buffers_a_file_stdout(tmp_path):
         r = subprocess.run([sys.executable, "-c", code], stdout=f, stderr=subprocess.PIPE, text=True, check=True,
                            env=env)
     assert r.stderr == repr("epoch 1\n")  # already in the file while the process still runs
+
+
+def test_run_marker_claims_and_takes_over_stale(tmp_path):
+    """A ``.running`` marker is claimed once; a live holder blocks a second claim; a dead holder's marker is
+    taken over."""
+    import os
+    import subprocess
+    import sys
+
+    from jaxrec.results import claim_run
+
+    m = tmp_path / "sub" / "MF_x_seed0.running"
+    assert claim_run(m) and m.read_text() == str(os.getpid())
+    assert not claim_run(m)  # held by this (live) process
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    m.write_text(str(dead.pid))
+    assert claim_run(m) and m.read_text() == str(os.getpid())
+
+
+def test_await_or_claim_waits_for_the_holder_then_reads_its_result(tmp_path):
+    """While another live process holds the marker, ``await_or_claim`` polls until the result is saved and
+    returns it without claiming; with no result and no holder it claims (returns None)."""
+    import subprocess
+    import sys
+    import threading
+
+    from jaxrec.results import await_or_claim
+
+    result = tmp_path / "run.json"
+    marker = tmp_path / "run.running"
+
+    def find():
+        return result.read_text() if result.exists() else None
+
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        marker.write_text(str(holder.pid))
+        timer = threading.Timer(0.3, lambda: result.write_text("done"))
+        timer.start()
+        assert await_or_claim(find, marker, poll_s=0.02, verbose=False) == "done"
+        timer.join()
+        assert marker.read_text() == str(holder.pid)  # never taken from the live holder
+    finally:
+        holder.kill()
+        holder.wait()
+    result.unlink()
+    marker.unlink()
+    assert await_or_claim(find, marker, poll_s=0.02) is None and marker.exists()  # nothing saved: claimed
