@@ -145,7 +145,8 @@ def _tuned_path(args) -> Path:
 
 def tuned_overrides(args, name: str) -> dict:
     """The ``{"lr": .., "l2": ..}`` selected by ``--table tune`` for model ``name`` (M1-M4 and the
-    sensitivity runs use ``mw``'s), or ``{}`` without ``--tuned``."""
+    sensitivity runs use ``mw``'s), with ``batch_size`` and ``emb_dim`` once the shape stage
+    (``--batch-sizes`` / ``--emb-dims``) has run, or ``{}`` without ``--tuned``."""
     if not getattr(args, "tuned", False):
         return {}
     path = _tuned_path(args)
@@ -156,7 +157,7 @@ def tuned_overrides(args, name: str) -> dict:
     if key not in tuned:
         raise SystemExit(f"--tuned: {path} has no entry for {key!r} (has {sorted(tuned)}); "
                          f"rerun --table tune with --models including {key}")
-    return {k: tuned[key][k] for k in ("lr", "l2")}
+    return {k: tuned[key][k] for k in ("lr", "l2", "batch_size", "emb_dim") if k in tuned[key]}
 
 
 def _saved_run(args, name, tag, seed, cfg):
@@ -225,38 +226,77 @@ def _train(args, name, seed, tag, over, splits):
     return dict(res["best"], step_time=res["step_time"])
 
 
+def _tune_tag(over: dict) -> str:
+    """File tag of a tuning run: ``tune_lr<lr>_l2<l2>``, plus ``_bs<b>_e<d>`` for a point of the shape grid."""
+    tag = f"tune_lr{over['lr']:g}_l2{over['l2']:g}"
+    if "batch_size" in over or "emb_dim" in over:
+        tag += f"_bs{over['batch_size']}_e{over['emb_dim']}"
+    return tag
+
+
+def _tune_sources(over: dict, name: str) -> list:
+    """Where a run with the tuned setting ``over`` may already be saved: its own tuning file, or (a shape
+    point equal to the first stage's batch / embedding size) the first stage's file of the same lr / l2;
+    :func:`_saved_run` checks that the config is identical."""
+    sources = [(_tune_tag(over), name)]
+    if "batch_size" in over or "emb_dim" in over:
+        sources.append((_tune_tag({"lr": over["lr"], "l2": over["l2"]}), name))
+    return sources
+
+
 def table_tune(args):
-    """Equal validation budget for every model: the grid ``--lrs`` x ``--l2s`` on the split of each seed
-    in ``--seed-list`` (default seed 0); selects the best mean validation AUC per model (test AUC is
-    recorded in the files, never used) and writes ``tuned.json``."""
+    """Equal validation budget for every model, on the split of each seed in ``--seed-list`` (default seed 0):
+    the grid ``--lrs`` x ``--l2s``; or, with ``--batch-sizes`` / ``--emb-dims`` and ``--tuned``, a second
+    stage over batch size x embedding size at each model's selected lr / l2. Selects the best mean
+    validation AUC per model (test AUC is recorded in the files, never used) and writes ``tuned.json``
+    (a first stage replaces a model's entry; a second stage adds ``batch_size`` and ``emb_dim`` to it)."""
     from jaxrec.results import format_table
 
     names = tuple(args.models or MAIN_MODELS)
     seeds = list(args.seed_list) if args.seed_list else [0]
-    grid = [(lr, l2) for lr in args.lrs for l2 in args.l2s]
-    val = {(n, g): [] for n in names for g in grid}
+    shape = bool(args.batch_sizes or args.emb_dims)
+    if shape and not args.tuned:
+        raise SystemExit("--batch-sizes / --emb-dims tune the shape at each model's selected lr / l2: add "
+                         "--tuned (after a --table tune over --lrs x --l2s)")
+    if shape:
+        grid = [{"batch_size": b, "emb_dim": e} for b in (args.batch_sizes or [args.batch_size])
+                for e in (args.emb_dims or [args.emb_dim])]
+        label = "bs={batch_size},emb={emb_dim}".format
+    else:
+        grid = [{"lr": lr, "l2": l2} for lr in args.lrs for l2 in args.l2s]
+        label = "lr={lr:g},l2={l2:g}".format
+    centre = {n: ({k: v for k, v in tuned_overrides(args, n).items() if k in ("lr", "l2")} if shape else {})
+              for n in names}
+    val = {(n, label(**g)): [] for n in names for g in grid}
     splits = {}
     for seed in work_order(seeds, args):
         for name in work_order(names, args):
-            for lr, l2 in work_order(grid, args):  # a point already on disk (e.g. a widened grid) is read back
-                tag = f"tune_lr{lr:g}_l2{l2:g}"
-                m = _run_or_reuse(args, name, seed, tag, {"lr": lr, "l2": l2}, [(tag, name)], splits,
+            for point in work_order(grid, args):  # a point already on disk (e.g. a widened grid) is read back
+                over = dict(centre[name], **point)
+                m = _run_or_reuse(args, name, seed, _tune_tag(over), over, _tune_sources(over, name), splits,
                                   show_source=False)
-                val[(name, (lr, l2))].append(m["val_auc"])
+                val[(name, label(**point))].append(m["val_auc"])
     tuned, rows = {}, {}
     for name in names:
-        scores = {g: float(np.mean(val[(name, g)])) for g in grid}
-        best = max(grid, key=lambda g: scores[g])
-        tuned[name] = {"lr": best[0], "l2": best[1], "val_auc": scores[best],
-                       "grid": {f"lr={g[0]:g},l2={g[1]:g}": scores[g] for g in grid}}
-        rows[name] = [{f"lr={g[0]:g},l2={g[1]:g}": scores[g] for g in grid}]
+        scores = {label(**g): float(np.mean(val[(name, label(**g))])) for g in grid}
+        best = max(grid, key=lambda g: scores[label(**g)])
+        if shape:
+            tuned[name] = dict(tuned_overrides(args, name), **best, val_auc=scores[label(**best)],
+                               grid_shape=scores)
+        else:
+            tuned[name] = dict(best, val_auc=scores[label(**best)], grid=scores)
+        rows[name] = [scores]
     print(format_table(rows, row_header="model (val AUC)"))
-    print("selected:", {n: (t["lr"], t["l2"]) for n, t in tuned.items()})
+    print("selected:", {n: {k: v for k, v in t.items() if k in ("lr", "l2", "batch_size", "emb_dim")}
+                        for n, t in tuned.items()})
     if not args.no_save:
         path = _tuned_path(args)
         path.parent.mkdir(parents=True, exist_ok=True)
         old = json.loads(path.read_text()) if path.exists() else {}
-        old.update(tuned)
+        for name, entry in tuned.items():
+            if shape:
+                entry = dict(old.get(name, {}), **entry)
+            old[name] = entry
         path.write_text(json.dumps(old, indent=2))
         print(f"wrote {path}")
 
@@ -272,7 +312,7 @@ def table_models(args, names, tag):
             over = tuned_overrides(args, name)
             sources = [(tag, name)]
             if over and name not in ABLATION:
-                sources.append((f"tune_lr{over['lr']:g}_l2{over['l2']:g}", name))
+                sources += _tune_sources(over, name)
             if name == "M4":
                 sources.append((tag.replace("ablation", "main"), "mw"))
             m = _run_or_reuse(args, name, seed, tag, over, sources, splits)
@@ -415,6 +455,10 @@ def build_parser():
     add_reverse_flag(p)
     p.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 5e-3], help="--table tune: learning rates")
     p.add_argument("--l2s", type=float, nargs="+", default=[0.0, 1e-6], help="--table tune: l2 weights")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=None,
+                   help="--table tune --tuned: second stage, batch sizes at each model's selected lr / l2")
+    p.add_argument("--emb-dims", type=int, nargs="+", default=None,
+                   help="--table tune --tuned: second stage, embedding sizes at each model's selected lr / l2")
     p.add_argument("--model", default="mw", help="model for --table single")
     p.add_argument("--models", nargs="+", default=None, help="override the model list of a table")
     p.add_argument("--lr", type=float, default=1e-3)

@@ -207,6 +207,36 @@ def test_cli_tune_selects_best_validation_setting_and_tuned_reuses_it(tmp_path, 
         main(["--table", "main", "--tuned", "--quick", "--models", "din", "--out", out])
 
 
+def test_cli_tune_shape_stage_at_the_selected_lr(tmp_path, capsys):
+    """The second tuning stage varies batch and embedding size at each model's selected lr / l2: the point
+    equal to the first stage's shape is read back, the selection is added to ``tuned.json`` (lr / l2 kept), and
+    ``--tuned`` tables then train with the selected shape, seed 0 read back from its tuning run."""
+    import json
+
+    from experiments.meta_wrapper import main
+
+    out = str(tmp_path)
+    common = ["--quick", "--models", "base", "--out", out, "--batch-size", "64", "--emb-dim", "8"]
+    with pytest.raises(SystemExit, match="add --tuned"):
+        main(["--table", "tune", "--batch-sizes", "32", "64"] + common)
+    main(["--table", "tune", "--lrs", "1e-3", "2e-2", "--l2s", "0"] + common)
+    first = json.loads((tmp_path / "meta_wrapper" / "synthetic" / "tuned.json").read_text())["base"]
+    capsys.readouterr()
+    main(["--table", "tune", "--tuned", "--batch-sizes", "32", "64", "--emb-dims", "8", "4"] + common)
+    text = capsys.readouterr().out
+    assert text.count("(saved)") == 1 and text.count("epoch=") == 3  # bs 64 / emb 8 is the first stage's run
+    tuned = json.loads((tmp_path / "meta_wrapper" / "synthetic" / "tuned.json").read_text())["base"]
+    assert (tuned["lr"], tuned["l2"], tuned["grid"]) == (first["lr"], first["l2"], first["grid"])
+    assert set(tuned["grid_shape"]) == {"bs=32,emb=8", "bs=32,emb=4", "bs=64,emb=8", "bs=64,emb=4"}
+    best = max(tuned["grid_shape"], key=tuned["grid_shape"].get)
+    assert best == f"bs={tuned['batch_size']},emb={tuned['emb_dim']}"
+    assert tuned["val_auc"] == tuned["grid_shape"][best] >= first["val_auc"]
+    main(["--table", "main", "--tuned"] + common)
+    assert "(saved tune_" in capsys.readouterr().out  # seed 0 = the selected tuning run
+    rec = json.loads((tmp_path / "meta_wrapper" / "synthetic" / "main_tuned_base_seed0.json").read_text())
+    assert (rec["config"]["batch_size"], rec["config"]["emb_dim"]) == (tuned["batch_size"], tuned["emb_dim"])
+
+
 def test_cli_sensitivity_reuses_saved_runs_of_the_same_setting(tmp_path, capsys):
     from experiments.meta_wrapper import main
 
