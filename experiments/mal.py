@@ -38,7 +38,7 @@ import numpy as np
 from jaxrec.cli import add_reverse_flag, common_parser, live_output, seed_list, work_order
 from jaxrec.methods import mal
 from jaxrec.models import lightgcn
-from jaxrec.results import await_or_claim
+from jaxrec.results import await_or_claim, grid_edge_notes
 
 EXPERIMENT = "mal"
 KS = (5, 10, 15, 20)
@@ -203,6 +203,8 @@ def tune(cfg: mal.MALConfig, grid: list[dict], args, cache: dict) -> tuple[mal.M
     rows = [(recs[i]["metrics"]["val_recall@20"], g, cfgs[i]) for i, g in enumerate(grid)]
     best = max(rows, key=lambda r: r[0])
     print(f"tuned {cfg.name}: best {best[1]} val R@20 {best[0]:.4f} over {len(rows)} configs", flush=True)
+    for note in grid_edge_notes(grid, best[1]):
+        print(f"note: {cfg.name}: {note}", flush=True)
     return best[2], [(r[1], r[0]) for r in rows]
 
 

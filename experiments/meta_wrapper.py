@@ -250,7 +250,7 @@ def table_tune(args):
     stage over batch size x embedding size at each model's selected lr / l2. Selects the best mean
     validation AUC per model (test AUC is recorded in the files, never used) and writes ``tuned.json``
     (a first stage replaces a model's entry; a second stage adds ``batch_size`` and ``emb_dim`` to it)."""
-    from jaxrec.results import format_table
+    from jaxrec.results import format_table, grid_edge_notes
 
     names = tuple(args.models or MAIN_MODELS)
     seeds = list(args.seed_list) if args.seed_list else [0]
@@ -289,6 +289,10 @@ def table_tune(args):
     print(format_table(rows, row_header="model (val AUC)"))
     print("selected:", {n: {k: v for k, v in t.items() if k in ("lr", "l2", "batch_size", "emb_dim")}
                         for n, t in tuned.items()})
+    for name in names:
+        best = {k: tuned[name][k] for k in grid[0]}
+        for note in grid_edge_notes(grid, best):
+            print(f"note: {name}: {note}")
     if not args.no_save:
         path = _tuned_path(args)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 __all__ = ["save_result", "load_results", "mean_std", "format_table", "relative_improvement",
-           "package_versions", "device_info", "to_jsonable", "claim_run", "await_or_claim"]
+           "package_versions", "device_info", "to_jsonable", "claim_run", "await_or_claim", "grid_edge_notes"]
 
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "jaxopt", "chex", "numpy", "scipy", "jaxrec")
 
@@ -136,6 +136,25 @@ def await_or_claim(find: Callable[[], Any], marker: str | os.PathLike, *, poll_s
             print(f"[waiting] {Path(marker).name}: another process is running this configuration", flush=True)
         waited = True
         time.sleep(poll_s)
+
+
+def grid_edge_notes(grid: Sequence[Mapping[str, Any]], best: Mapping[str, Any]) -> list[str]:
+    """Notes for each numeric axis of a tuning ``grid`` (a list of settings) on which the selected setting
+    ``best`` takes the smallest or the largest value tried (of at least two): the optimum may lie outside the
+    grid, so the grid should be widened there before the selection is trusted. An axis whose smallest value
+    is 0 (no regularisation) is not flagged for choosing it."""
+    notes = []
+    for key, value in best.items():
+        values = sorted({g[key] for g in grid if key in g})
+        if len(values) < 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            continue
+        if value == values[-1]:
+            notes.append(f"{key}={value:g} is the largest value tried ({', '.join(f'{v:g}' for v in values)}): "
+                         f"widen the grid upwards")
+        elif value == values[0] and value != 0:
+            notes.append(f"{key}={value:g} is the smallest value tried ({', '.join(f'{v:g}' for v in values)}): "
+                         f"widen the grid downwards")
+    return notes
 
 
 def save_result(experiment: str, dataset: str, *, config: Any, seed: int, metrics: Mapping[str, Any],

@@ -172,6 +172,8 @@ def test_cli_tune_selects_best_validation_setting_and_tuned_reuses_it(tmp_path, 
     tuned = json.loads((tmp_path / "meta_wrapper" / "synthetic" / "tuned.json").read_text())
     grid = tuned["base"]["grid"]
     assert len(grid) == 2
+    edge = "largest" if tuned["base"]["lr"] == 2e-2 else "smallest"
+    assert f"note: base: lr={tuned['base']['lr']:g} is the {edge} value tried" in capsys.readouterr().out
     assert tuned["base"]["val_auc"] == max(grid.values())
     assert f"lr={tuned['base']['lr']:g},l2=0" in grid
     capsys.readouterr()

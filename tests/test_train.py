@@ -274,3 +274,16 @@ def test_await_or_claim_waits_for_the_holder_then_reads_its_result(tmp_path):
     result.unlink()
     marker.unlink()
     assert await_or_claim(find, marker, poll_s=0.02) is None and marker.exists()  # nothing saved: claimed
+
+
+def test_grid_edge_notes_flag_a_selection_on_the_border():
+    from jaxrec.results import grid_edge_notes
+
+    grid = [{"lr": lr, "l2": l2, "mode": "sog"} for lr in (1e-3, 1e-2, 1e-1) for l2 in (0.0, 1e-4)]
+    assert grid_edge_notes(grid, {"lr": 1e-2, "l2": 0.0, "mode": "sog"}) == []  # inside; l2 = 0 is no edge
+    notes = grid_edge_notes(grid, {"lr": 1e-1, "l2": 1e-4, "mode": "sog"})
+    assert notes == ["lr=0.1 is the largest value tried (0.001, 0.01, 0.1): widen the grid upwards",
+                     "l2=0.0001 is the largest value tried (0, 0.0001): widen the grid upwards"]
+    assert grid_edge_notes(grid, {"lr": 1e-3, "l2": 0.0}) == [
+        "lr=0.001 is the smallest value tried (0.001, 0.01, 0.1): widen the grid downwards"]
+    assert grid_edge_notes([{"lr": 1e-3}], {"lr": 1e-3}) == []  # one value: no axis to speak of
