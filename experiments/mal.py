@@ -38,7 +38,7 @@ import numpy as np
 from jaxrec.cli import add_reverse_flag, common_parser, live_output, seed_list, work_order
 from jaxrec.methods import mal
 from jaxrec.models import lightgcn
-from jaxrec.results import await_or_claim, grid_edge_notes
+from jaxrec.results import grid_edge_notes, run_once
 
 EXPERIMENT = "mal"
 KS = (5, 10, 15, 20)
@@ -109,15 +109,11 @@ def run_one(cfg: mal.MALConfig, dataset: str, data_dir, seed: int, out: str, sav
                 return json.loads(cand.read_text())
         return None
 
-    rec = find() if not save else await_or_claim(find, marker, verbose=verbose)
-    if rec is not None:
-        return rec
-    try:
+    def train():
         return _train_and_save(cfg, dataset, data_dir, seed, out, save, name, path, verbose, split_cache,
                                graph_backend)
-    finally:
-        if save:
-            marker.unlink(missing_ok=True)
+
+    return run_once(find, train, marker if save else None, verbose=verbose)
 
 
 def _train_and_save(cfg, dataset, data_dir, seed, out, save, name, path, verbose, split_cache,

@@ -199,31 +199,22 @@ def _run_or_reuse(args, name, seed, tag, over, sources, splits, **reuse):
     another process that shares ``--out`` (``--reverse``) wait for the result instead of training the same
     run. ``splits`` caches the split of the current seed only (loaded on first need, so a seed whose runs
     are all on disk loads no data)."""
-    from jaxrec.results import await_or_claim
+    from jaxrec.results import run_once
 
     cfg = make_config(name, args, **over)
 
     def find():
         return _reuse_run(args, name, seed, cfg, tag, sources, **reuse)
 
-    if args.no_save:
-        return _train(args, name, seed, tag, over, splits)
-    marker = Path(args.out) / EXPERIMENT / args.dataset / f"{tag}_{name}_seed{seed}.running"
-    m = await_or_claim(find, marker)
-    if m is None:
-        try:
-            m = _train(args, name, seed, tag, over, splits)
-        finally:
-            marker.unlink(missing_ok=True)
-    return m
+    def train():
+        if seed not in splits:
+            splits.clear()
+            splits[seed] = load_split(args, seed)
+        res = run_one(name, args, splits[seed], seed, tag, **over)
+        return dict(res["best"], step_time=res["step_time"])
 
-
-def _train(args, name, seed, tag, over, splits):
-    if seed not in splits:
-        splits.clear()
-        splits[seed] = load_split(args, seed)
-    res = run_one(name, args, splits[seed], seed, tag, **over)
-    return dict(res["best"], step_time=res["step_time"])
+    marker = None if args.no_save else Path(args.out) / EXPERIMENT / args.dataset / f"{tag}_{name}_seed{seed}.running"
+    return run_once(find, train, marker)
 
 
 def _tune_tag(over: dict) -> str:
@@ -280,9 +271,8 @@ def table_tune(args):
     for name in names:
         scores = {label(**g): float(np.mean(val[(name, label(**g))])) for g in grid}
         best = max(grid, key=lambda g: scores[label(**g)])
-        if shape:
-            tuned[name] = dict(tuned_overrides(args, name), **best, val_auc=scores[label(**best)],
-                               grid_shape=scores)
+        if shape:  # the lr / l2 it was tuned at are the model's centre
+            tuned[name] = dict(centre[name], **best, val_auc=scores[label(**best)], grid_shape=scores)
         else:
             tuned[name] = dict(best, val_auc=scores[label(**best)], grid=scores)
         rows[name] = [scores]

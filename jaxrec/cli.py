@@ -56,7 +56,7 @@ def add_reverse_flag(p: argparse.ArgumentParser) -> None:
     """Add ``--reverse``: a table command walks its grids and seeds backwards, so that a second process
     running the same command into the same ``--out`` starts at the other end. Runs are cached by config and
     seed, and a run another process is training is waited for, not repeated
-    (:func:`jaxrec.results.await_or_claim`); the table both print is the same."""
+    (:func:`jaxrec.results.run_once`); the table both print is the same."""
     p.add_argument("--reverse", action="store_true",
                    help="--table: work through grids and seeds in reverse order, so a second process running the "
                         "same command (same --out) shares the work; runs in progress are not duplicated")

@@ -8,7 +8,7 @@ Every experiment run writes one JSON file ``<root>/<experiment>/<dataset>/<name>
      "device": {"platform", "devices", "x64"}, "command", "git_commit", "timestamp", "extra"}
 
 :func:`load_results` reads them back; :func:`mean_std` and :func:`format_table` build the
-"mean ± std over seeds" tables of RESULTS.md. :func:`await_or_claim` lets several processes that write to
+"mean ± std over seeds" tables of RESULTS.md. :func:`run_once` lets several processes that write to
 one results folder share a grid of runs (``--reverse`` in the experiments) without training a run twice.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 __all__ = ["save_result", "load_results", "mean_std", "format_table", "relative_improvement",
-           "package_versions", "device_info", "to_jsonable", "claim_run", "await_or_claim", "grid_edge_notes"]
+           "package_versions", "device_info", "to_jsonable", "claim_run", "await_or_claim", "run_once", "grid_edge_notes"]
 
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "jaxopt", "chex", "numpy", "scipy", "jaxrec")
 
@@ -124,7 +124,7 @@ def await_or_claim(find: Callable[[], Any], marker: str | os.PathLike, *, poll_s
     live process holds ``marker`` (it is training the same run), wait and look again every ``poll_s``
     seconds. A ``None`` return means this process now holds ``marker``: it trains and saves the run, then
     removes the marker (``Path(marker).unlink(missing_ok=True)``, in a ``finally``), in that order, so that
-    a waiting process finds the result the moment the marker is gone."""
+    a waiting process finds the result the moment the marker is gone. :func:`run_once` does all of that."""
     waited = False
     while True:
         found = find()
@@ -136,6 +136,25 @@ def await_or_claim(find: Callable[[], Any], marker: str | os.PathLike, *, poll_s
             print(f"[waiting] {Path(marker).name}: another process is running this configuration", flush=True)
         waited = True
         time.sleep(poll_s)
+
+
+def run_once(find: Callable[[], Any], train: Callable[[], Any], marker: str | os.PathLike | None = None, *,
+             poll_s: float = 10.0, verbose: bool = True) -> Any:
+    """``find()``'s saved result of a run, else ``train()``'s (which should save it).
+
+    With a ``marker`` path, processes that share a results folder never train the same run twice: this one
+    waits while another holds the marker (:func:`await_or_claim`), and holds it itself while it trains,
+    releasing it after ``train()`` returns or raises. Without one (nothing is saved), no marker is used."""
+    if marker is None:
+        found = find()
+        return found if found is not None else train()
+    found = await_or_claim(find, marker, poll_s=poll_s, verbose=verbose)
+    if found is not None:
+        return found
+    try:
+        return train()
+    finally:
+        Path(marker).unlink(missing_ok=True)
 
 
 def grid_edge_notes(grid: Sequence[Mapping[str, Any]], best: Mapping[str, Any]) -> list[str]:

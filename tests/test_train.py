@@ -287,3 +287,28 @@ def test_grid_edge_notes_flag_a_selection_on_the_border():
     assert grid_edge_notes(grid, {"lr": 1e-3, "l2": 0.0}) == [
         "lr=0.001 is the smallest value tried (0.001, 0.01, 0.1): widen the grid downwards"]
     assert grid_edge_notes([{"lr": 1e-3}], {"lr": 1e-3}) == []  # one value: no axis to speak of
+
+
+def test_run_once_holds_the_marker_only_while_training(tmp_path):
+    """``run_once`` reads a saved result back without training; otherwise it trains with the marker held and
+    releases it afterwards, also when training fails; without a marker it just finds or trains."""
+    from jaxrec.results import run_once
+
+    marker = tmp_path / "run.running"
+    seen = []
+
+    def train():
+        seen.append(marker.exists())
+        return "trained"
+
+    assert run_once(lambda: "saved", train, marker) == "saved" and seen == []
+    assert run_once(lambda: None, train, marker) == "trained" and seen == [True] and not marker.exists()
+
+    def fail():
+        assert marker.exists()
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        run_once(lambda: None, fail, marker)
+    assert not marker.exists()
+    assert run_once(lambda: None, train) == "trained" and seen == [True, False]  # no marker: none written
