@@ -251,12 +251,15 @@ def format_table(rows: Mapping[str, Any], columns: Sequence[str] | None = None, 
     """Markdown table: one row per model, one column per metric, cells ``mean ± std``.
 
     ``rows`` maps a model name to a list of per-seed metric dicts, or to the output of :func:`mean_std`,
-    or to a plain metric dict. ``columns`` defaults to the first row's metrics. ``improvement=(model,
+    or to a plain metric dict. A list of one run prints its values without ``± std`` (one seed has no
+    spread to report; printing ``± 0`` would claim one). ``columns`` defaults to the first row's metrics. ``improvement=(model,
     base)`` appends a row ``Improv. (model vs base)`` with :func:`relative_improvement` in percent.
     """
     stats: dict[str, dict[str, tuple[float, float] | float]] = {}
     for name, val in rows.items():
-        if isinstance(val, (list, tuple)):
+        if isinstance(val, (list, tuple)) and len(val) == 1:
+            stats[name] = {k: m for k, (m, _) in mean_std(val).items()}
+        elif isinstance(val, (list, tuple)):
             stats[name] = mean_std(val)
         else:
             stats[name] = dict(val)

@@ -171,7 +171,7 @@ def test_mean_std_and_format_table():
     lines = table.splitlines()
     assert lines[0] == "| model | r@20 | n@20 |"
     assert lines[2] == "| MF | 0.200 ± 0.141 | 0.300 ± 0.141 |"
-    assert lines[3] == "| Pop | 0.100 ± 0.000 | 0.100 ± 0.000 |"
+    assert lines[3] == "| Pop | 0.100 | 0.100 |"  # one run: no spread to print
     assert lines[4] == "| Improv. (MF vs Pop) | +100.0% | +200.0% |"
 
 
