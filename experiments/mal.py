@@ -381,6 +381,15 @@ def plot_timing(rows: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def table_path(args) -> Path:
+    """Where ``--table`` writes its markdown: ``table_<table>.md`` for the default ``--bases mf``, else with
+    the bases appended (``table_ablation_lightgcn.md``, ``table_timing_mf_lightgcn.md``), so that a run on
+    another base never overwrites the MF table of the same dataset."""
+    bases = [b.strip() for b in args.bases.split(",")]
+    suffix = "" if bases == ["mf"] else "_" + "_".join(bases)
+    return Path(args.out) / EXPERIMENT / args.dataset / f"table_{args.table}{suffix}.md"
+
+
 def build_parser():
     """The command line of this experiment (``main`` parses with it; the tests check RESULTS.md's commands)."""
     p = common_parser(__doc__.split("\n")[0])
@@ -433,7 +442,7 @@ def main(argv=None) -> None:
     header = f"### MAL {args.table} ({args.dataset})\n\nCommand: `python -m experiments.mal {' '.join(sys.argv[1:] if argv is None else argv)}`\n\n"
     print(header + text)
     if not args.no_save:
-        out = Path(args.out) / EXPERIMENT / args.dataset / f"table_{args.table}.md"
+        out = table_path(args)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(header + text + "\n")
 

@@ -375,3 +375,20 @@ def test_cli_ablation_reverse_walks_variants_backwards(tmp_path, capsys):
     assert "loss=" not in out
     second = (tmp_path / "mal" / "synthetic" / "table_ablation.md").read_text()
     assert first.split("\n", 3)[3] == second.split("\n", 3)[3]
+
+
+def test_table_path_keeps_bases_apart(tmp_path):
+    """A LightGCN (or two-base) table gets its own file, so it cannot overwrite the MF table of the same
+    dataset; the default MF table keeps the plain name."""
+    from experiments import mal as exp
+
+    def path(*argv):
+        return exp.table_path(exp.build_parser().parse_args(["--out", str(tmp_path), *argv]))
+
+    root = tmp_path / "mal" / "ml-100k"
+    assert path("--table", "ablation", "--dataset", "ml-100k") == root / "table_ablation.md"
+    assert path("--table", "ablation", "--dataset", "ml-100k", "--bases", "lightgcn") == \
+        root / "table_ablation_lightgcn.md"
+    assert path("--table", "timing", "--dataset", "ml-100k", "--bases", "mf, lightgcn") == \
+        root / "table_timing_mf_lightgcn.md"
+    assert len({path("--table", t, "--bases", b) for t in ("main", "ablation") for b in ("mf", "lightgcn")}) == 4
