@@ -385,7 +385,7 @@ def table_path(args) -> Path:
     """Where ``--table`` writes its markdown: ``table_<table>.md`` for the default ``--bases mf``, else with
     the bases appended (``table_ablation_lightgcn.md``, ``table_timing_mf_lightgcn.md``), so that a run on
     another base never overwrites the MF table of the same dataset."""
-    bases = [b.strip() for b in args.bases.split(",")]
+    bases = args.bases.split(",")  # parsed as the table functions parse it
     suffix = "" if bases == ["mf"] else "_" + "_".join(bases)
     return Path(args.out) / EXPERIMENT / args.dataset / f"table_{args.table}{suffix}.md"
 

@@ -389,6 +389,6 @@ def test_table_path_keeps_bases_apart(tmp_path):
     assert path("--table", "ablation", "--dataset", "ml-100k") == root / "table_ablation.md"
     assert path("--table", "ablation", "--dataset", "ml-100k", "--bases", "lightgcn") == \
         root / "table_ablation_lightgcn.md"
-    assert path("--table", "timing", "--dataset", "ml-100k", "--bases", "mf, lightgcn") == \
+    assert path("--table", "timing", "--dataset", "ml-100k", "--bases", "mf,lightgcn") == \
         root / "table_timing_mf_lightgcn.md"
     assert len({path("--table", t, "--bases", b) for t in ("main", "ablation") for b in ("mf", "lightgcn")}) == 4
