@@ -237,9 +237,8 @@ def table_main(args) -> str:
     from jaxrec.results import format_table
 
     cache = {}
-    bases = args.bases.split(",")
     blocks = []
-    for base in bases:
+    for base in args.bases:
         rows = {}
         b_best = tuned_base(args, base, cache)
         m_best = tuned_mal(b_best, args, cache)
@@ -259,7 +258,7 @@ def table_ablation(args) -> str:
 
     cache = {}
     blocks = []
-    for base in args.bases.split(","):
+    for base in args.bases:
         b_best = tuned_base(args, base, cache)
         rows = {b_best.name: run_seeds(b_best, args, cache)}
         variants = [(("user",), "fixed"), (("item",), "fixed"), (("user",), "sog"), (("item",), "sog"),
@@ -285,7 +284,7 @@ def table_sog_vs_ig(args) -> str:
 
     cache = {}
     blocks = []
-    for base in args.bases.split(","):
+    for base in args.bases:
         m_best = tuned_mal(tuned_base(args, base, cache), args, cache)
         ig = dataclasses.replace(m_best, mode="ig")  # same hyper-parameters, IG hypergradient
         rows = {m_best.name + " (SOG)": run_seeds(m_best, args, cache), ig.name: run_seeds(ig, args, cache)}
@@ -304,7 +303,7 @@ def table_timing(args) -> str:
 
     split = load_split(args.dataset, args.data_dir, 0)
     rows, lines = {}, []
-    for base in args.bases.split(","):
+    for base in args.bases:
         cfg = base_config(args, base=base, aux=("user", "item"), mode="sog")
         t = mal.time_hypergradients(cfg, split, unroll=range(1, 6), cg=(1, 2, 3, 5),
                                     repeats=args.timing_repeats, seed=0, graph_backend=args.graph_backend)
@@ -385,8 +384,7 @@ def table_path(args) -> Path:
     """Where ``--table`` writes its markdown: ``table_<table>.md`` for the default ``--bases mf``, else with
     the bases appended (``table_ablation_lightgcn.md``, ``table_timing_mf_lightgcn.md``), so that a run on
     another base never overwrites the MF table of the same dataset."""
-    bases = args.bases.split(",")  # parsed as the table functions parse it
-    suffix = "" if bases == ["mf"] else "_" + "_".join(bases)
+    suffix = "" if args.bases == ["mf"] else "_" + "_".join(args.bases)
     return Path(args.out) / EXPERIMENT / args.dataset / f"table_{args.table}{suffix}.md"
 
 
@@ -394,7 +392,8 @@ def build_parser():
     """The command line of this experiment (``main`` parses with it; the tests check RESULTS.md's commands)."""
     p = common_parser(__doc__.split("\n")[0])
     p.add_argument("--table", choices=("main", "ablation", "sog_vs_ig", "timing"), default=None)
-    p.add_argument("--bases", default="mf", help="base models for --table, comma separated (mf,lightgcn)")
+    p.add_argument("--bases", type=lambda s: s.split(","), default="mf",
+                   help="base models for --table, comma separated (mf,lightgcn); parsed to a list")
     p.add_argument("--grid", choices=("full", "reduced"), default="full")
     p.add_argument("--lrs", type=float, nargs="+", default=None,
                    help="--table: the base grid's learning rates (default: those of --grid)")
