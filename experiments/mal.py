@@ -26,6 +26,7 @@ chosen (lr, L2), so a wider base grid changes both rows of a table alike::
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -152,7 +153,7 @@ def base_config(args, **kw) -> mal.MALConfig:
     epochs, every, patience = EPOCHS.get(args.dataset, (200, 5, 5))
     if args.quick:
         epochs, every, patience = 6, 3, 2
-    fields = dict(base=args.base, mode=args.mode, aux=parse_aux(args.aux), dim=args.dim, lr=args.lr, l2=args.l2,
+    fields = dict(base=args.base, mode=args.mode, aux=args.aux, dim=args.dim, lr=args.lr, l2=args.l2,
                   tau=args.tau, weight_init=args.weight_init, meta_lr=args.meta_lr, alpha=args.alpha,
                   gamma=args.gamma, cg_steps=args.cg_steps, unroll_steps=args.unroll_steps,
                   batch_size=args.batch_size, meta_batch_size=args.batch_size, max_neighbors=args.max_neighbors,
@@ -164,9 +165,16 @@ def base_config(args, **kw) -> mal.MALConfig:
 
 
 def parse_aux(s: str) -> tuple:
+    """``"user,item"`` -> ``("user", "item")``; ``"none"`` -> ``()``. An unknown name is an error (a typo such
+    as ``users`` must not silently turn the run into the plain base model)."""
     if s in ("none", ""):
         return ()
-    return tuple(a for a in ("user", "item") if a in s.split(","))
+    names = [a.strip() for a in s.split(",") if a.strip()]
+    bad = [a for a in names if a not in ("user", "item")]
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"unknown auxiliary task(s) {bad}: use 'user,item', 'user', 'item' or 'none'")
+    return tuple(a for a in ("user", "item") if a in names)
 
 
 BASE_GRID = {"full": [dict(lr=lr, l2=l2) for lr in (1e-3, 5e-3, 1e-2) for l2 in (1e-4, 1e-3, 1e-2)],
@@ -405,7 +413,7 @@ def build_parser():
                    help="LightGCN's propagation: edge list + segment_sum, BCOO, or a dense user x item block (faster "
                         "on small dense sets such as ml-100k); the same model, so not part of a run's cache key")
     p.add_argument("--mode", choices=("sog", "ig", "fixed"), default="sog")
-    p.add_argument("--aux", default="user,item", help="auxiliary tasks: 'user,item', 'user', 'item' or 'none'")
+    p.add_argument("--aux", default=("user", "item"), type=parse_aux, help="auxiliary tasks: 'user,item', 'user', 'item' or 'none'")
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--l2", type=float, default=1e-4)

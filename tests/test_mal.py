@@ -392,3 +392,22 @@ def test_table_path_keeps_bases_apart(tmp_path):
     assert path("--table", "timing", "--dataset", "ml-100k", "--bases", "mf,lightgcn") == \
         root / "table_timing_mf_lightgcn.md"
     assert len({path("--table", t, "--bases", b) for t in ("main", "ablation") for b in ("mf", "lightgcn")}) == 4
+
+
+def test_cli_aux_names():
+    """``--aux`` accepts 'user', 'item', both in any order, or 'none'; an unknown name is an error rather than
+    a silent fall-back to the plain base model."""
+    import argparse
+
+    import pytest
+
+    from experiments import mal as exp
+
+    assert exp.parse_aux("user,item") == ("user", "item")
+    assert exp.parse_aux("item, user") == ("user", "item")
+    assert exp.parse_aux("item") == ("item",)
+    assert exp.parse_aux("none") == ()
+    with pytest.raises(argparse.ArgumentTypeError, match="users"):
+        exp.parse_aux("users")
+    with pytest.raises(SystemExit):
+        exp.main(["--aux", "user,itme", "--quick"])
