@@ -74,8 +74,9 @@ def cosine_neighbors(
       matrix: ``n x f`` sparse matrix (scipy); the rows are the entities. For user neighbours pass the
         users x items interaction matrix, for item neighbours its transpose.
       tau: similarity threshold in ``[-1, 1]``; ties at the threshold are included.
-      max_neighbors: ``M >= 1``; per row only the ``M`` most similar qualifying rows are kept (ties broken
-        by the smaller index).
+      max_neighbors: ``M >= 1``; per row only the ``M`` most similar qualifying rows are kept. Rows tied
+        with the ``M``-th similarity are chosen by ``np.argpartition`` (deterministic, but not by index); the
+        kept rows are listed by decreasing similarity, then increasing index.
       block_size: number of rows whose similarities are materialised at once (memory
         ``block_size * n`` floats).
 
