@@ -93,6 +93,24 @@ def test_din_builder_positions_histories_negatives():
             assert 1 <= item <= 9 and item not in set(seqs[u])
 
 
+def test_din_builder_removes_repeated_target_from_history():
+    """A repeated item must not sit in its own history: negatives never do, so the label would be readable
+    from the history. Earlier occurrences are removed before truncation to ``max_len``; the other histories
+    and the sequences without repeats are untouched."""
+    seqs = [np.array([5, 1, 5, 2, 3, 5, 4, 6]), np.array([7, 8, 6])]
+    split = ctr_from_sequences(seqs, 9, max_len=3, seed=0)
+    tr, v, t = split.train, split.val, split.test
+    pos = tr.label == 1
+    got = sorted((int(u), int(x), tuple(h)) for u, x, h in zip(tr.user[pos], tr.target[pos], tr.hist[pos]))
+    # user 0: t=1..5; the target 5 at t=2 and t=5 loses its earlier occurrences, then the last 3 are kept
+    assert got == [(0, 1, (0, 0, 5)), (0, 2, (5, 1, 5)), (0, 3, (1, 5, 2)), (0, 5, (0, 0, 1)),
+                   (0, 5, (1, 2, 3))]
+    assert tuple(v.hist[v.label == 1][0]) == (2, 3, 5) and tuple(t.hist[t.label == 1][0]) == (3, 5, 4)
+    for part in split:
+        for x, h in zip(part.target[part.label == 1], part.hist[part.label == 1]):
+            assert x not in set(h.tolist())
+
+
 def test_din_builder_categories_and_errors():
     seqs = [np.array([1, 2, 3, 4]), np.array([4, 3, 2])]
     cat = np.array([0, 1, 1, 2, 2, 1], np.int32)

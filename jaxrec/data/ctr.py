@@ -251,6 +251,11 @@ def ctr_from_sequences(
     last ``max_len`` items. Every positive gets one negative row with the same history and the target
     replaced by a uniform item the user never interacted with (:func:`jaxrec.data.sample_negatives`).
 
+    Repeated items (a user who consumed an item again, e.g. Yelp): earlier occurrences of the target are
+    removed from its history before the last ``max_len`` are kept. Negatives are never-interacted items, so
+    they never occur in a history; a positive whose target did would have its label readable from the
+    history (DIN's attention unit sees ``e_i - e_v = 0``). Sets without repeats are unchanged.
+
     ``seqs``: a :class:`jaxrec.data.Sequences` (then ``n_items`` and ``source`` default to its own) or a
     list of int arrays with ``n_items`` given. ``item_cat``: optional int32[n_items + 1] category of each
     item id (index 0 = padding = 0), values in ``1..n_cats``. Users with fewer than 3 items raise
@@ -291,6 +296,8 @@ def ctr_from_sequences(
     csr.sum_duplicates()
     csr.data[:] = 1.0
 
+    has_repeat = [len(np.unique(s)) < len(s) for s in seqs]
+
     def build(which: str) -> CTRData:
         users, tgts, hists = [], [], []
         for u, s in enumerate(seqs):
@@ -299,7 +306,11 @@ def ctr_from_sequences(
             for t in positions:
                 users.append(u)
                 tgts.append(s[t])
-                hists.append(s[max(0, t - max_len):t])
+                if has_repeat[u]:
+                    h = s[:t]
+                    hists.append(h[h != s[t]][-max_len:])
+                else:
+                    hists.append(s[max(0, t - max_len):t])
         user = np.asarray(users, dtype=np.int32)
         pos = np.asarray(tgts, dtype=np.int32)
         hist = _pad_left(hists, max_len)
