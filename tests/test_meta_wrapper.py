@@ -157,6 +157,10 @@ def test_train_runs_and_is_reproducible():
         assert a["history"][-1][k] == b["history"][-1][k]
     with pytest.raises(ValueError, match="din"):
         MWConfig(model="base", variant="M4")
+    for v in ("M1", "M2", "M3", "M4"):  # their objectives run without dropout: asking for it is an error
+        with pytest.raises(ValueError, match="plain"):
+            MWConfig(variant=v, dropout=0.5)
+    assert MWConfig(variant="plain", dropout=0.5).dropout == 0.5
 
 
 def test_cli_tune_selects_best_validation_setting_and_tuned_reuses_it(tmp_path, capsys):

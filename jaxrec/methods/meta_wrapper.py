@@ -106,6 +106,9 @@ class MWConfig:
             raise ValueError(f"variant {self.variant} needs the attentive selector: use model='din'")
         if self.variant in ("M3", "M4") and self.n_inner < 1:
             raise ValueError("n_inner must be >= 1 for M3/M4")
+        if self.variant != "plain" and self.dropout > 0:
+            raise ValueError(f"dropout is applied by the 'plain' variant only; {self.variant} would ignore "
+                             f"dropout={self.dropout}: use variant='plain' or dropout=0")
         self.hidden = tuple(self.hidden)
         self.att_hidden = tuple(self.att_hidden)
 
@@ -122,10 +125,6 @@ def ctr_loss(mcfg: CTRModelConfig, kind: str, params, batch, *, train: bool = Fa
     """Mean binary cross-entropy ``mean BCE(y, sigmoid(logit))`` of model ``kind`` on ``batch``."""
     logits = ctr_logits(params, batch, mcfg, kind, train=train, key=key)
     return bce_with_logits(logits, batch["label"])
-
-
-def _sq_norm(tree):
-    return sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree))
 
 
 def objective(cfg: MWConfig, mcfg: CTRModelConfig, theta, phi, batch_in, batch_out):
@@ -324,6 +323,7 @@ def train(cfg: MWConfig, split, seed: int = 0, *, log=None, dtype=None) -> dict[
         n_steps = max(1, len(d_in) // bs)
         out_bs = min(bs, len(d_out))
         reps = math.ceil(n_steps * out_bs / max(len(d_out), 1)) + 1
+        # drawn for 'plain' too (unused there): the rng stream, hence the batch order of saved runs, stays as it was
         out_cycle = np.concatenate([rng.permutation(d_out) for _ in range(reps)])
         losses = []
         t0 = time.perf_counter()
