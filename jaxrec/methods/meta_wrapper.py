@@ -323,7 +323,7 @@ def train(cfg: MWConfig, split, seed: int = 0, *, log=None, dtype=None) -> dict[
         n_steps = max(1, len(d_in) // bs)
         out_bs = min(bs, len(d_out))
         reps = math.ceil(n_steps * out_bs / max(len(d_out), 1)) + 1
-        # drawn for 'plain' too (unused there): the rng stream, hence the batch order of saved runs, stays as it was
+        # drawn for 'plain' too (unused there), so the rng stream, hence the batch order of saved runs, is unchanged
         out_cycle = np.concatenate([rng.permutation(d_out) for _ in range(reps)])
         losses = []
         t0 = time.perf_counter()
