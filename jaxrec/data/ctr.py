@@ -296,8 +296,6 @@ def ctr_from_sequences(
     csr.sum_duplicates()
     csr.data[:] = 1.0
 
-    has_repeat = [len(np.unique(s)) < len(s) for s in seqs]
-
     def build(which: str) -> CTRData:
         users, tgts, hists = [], [], []
         for u, s in enumerate(seqs):
@@ -306,11 +304,8 @@ def ctr_from_sequences(
             for t in positions:
                 users.append(u)
                 tgts.append(s[t])
-                if has_repeat[u]:
-                    h = s[:t]
-                    hists.append(h[h != s[t]][-max_len:])
-                else:
-                    hists.append(s[max(0, t - max_len):t])
+                h = s[:t]
+                hists.append(h[h != s[t]][-max_len:])  # without repeated targets (see the docstring)
         user = np.asarray(users, dtype=np.int32)
         pos = np.asarray(tgts, dtype=np.int32)
         hist = _pad_left(hists, max_len)

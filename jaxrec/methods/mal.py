@@ -282,8 +282,8 @@ def sample_aux(key, anchors, nbr_index, nbr_count, n_entities: int, n_neg: int, 
     At small ``tau`` that is common (ml-100k, ``tau = 0.1``, ``M = 50``: about 510 qualifying users per user
     on average, so most of them are possible negatives). With ``shared=True`` one set of ``n_neg``
     candidates serves the whole batch (``neg [n_neg]``, scored with one matrix product); otherwise
-    ``neg [B, n_neg]``. Returns ``pos
-    [B]``, ``neg``, ``mask [B, n_neg]``, ``has [B]`` (the anchor has at least one neighbour).
+    ``neg [B, n_neg]``. Returns ``pos [B]``, ``neg``, ``mask [B, n_neg]``, ``has [B]`` (the anchor has at
+    least one neighbour).
     """
     kp, kn = jax.random.split(key)
     cnt = nbr_count[anchors]
