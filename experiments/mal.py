@@ -10,7 +10,7 @@ Tables (tune on validation with seed 0, then run the chosen configurations over 
 are cached by (dataset, config, seed) and re-used, so a table command can be re-run after an interruption)::
 
     python -m experiments.mal --table main      --dataset ml-100k --seeds 5 [--bases mf,lightgcn]
-    python -m experiments.mal --table ablation  --dataset ml-100k --seeds 5
+    python -m experiments.mal --table ablation  --dataset ml-100k --seeds 5 [--variants U+I,MAL]
     python -m experiments.mal --table sog_vs_ig --dataset ml-100k --seeds 5
     python -m experiments.mal --table timing    --dataset ml-100k
 
@@ -261,6 +261,21 @@ def table_main(args) -> str:
     return "\n\n".join(blocks) + "\n\n" + _protocol_note(args, len(seed_list(args)))
 
 
+# the ablation's rows after the base model, by the suffix of their names (``MF+U``, ..., ``MF-MAL``), in order
+ABLATION_VARIANTS = {"U": (("user",), "fixed"), "I": (("item",), "fixed"), "U+M": (("user",), "sog"),
+                     "I+M": (("item",), "sog"), "U+I": (("user", "item"), "fixed"), "MAL": (("user", "item"), "sog")}
+
+
+def parse_variants(s: str) -> list:
+    """``"U+I,MAL"`` -> ``["U+I", "MAL"]`` in the table's order; an unknown name is an error."""
+    names = [v.strip() for v in s.split(",") if v.strip()]
+    bad = [v for v in names if v not in ABLATION_VARIANTS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown ablation variant(s) {bad or [s]}: use a comma-separated subset of {list(ABLATION_VARIANTS)}")
+    return [v for v in ABLATION_VARIANTS if v in names]
+
+
 def table_ablation(args) -> str:
     from jaxrec.results import format_table
 
@@ -269,8 +284,7 @@ def table_ablation(args) -> str:
     for base in args.bases:
         b_best = tuned_base(args, base, cache)
         rows = {b_best.name: run_seeds(b_best, args, cache)}
-        variants = [(("user",), "fixed"), (("item",), "fixed"), (("user",), "sog"), (("item",), "sog"),
-                    (("user", "item"), "fixed"), (("user", "item"), "sog")]
+        variants = [ABLATION_VARIANTS[v] for v in args.variants]
         done = {}
         for v in work_order(range(len(variants)), args):  # --reverse also walks the variants backwards
             aux, mode = variants[v]
@@ -391,8 +405,11 @@ def plot_timing(rows: dict, path: Path) -> None:
 def table_path(args) -> Path:
     """Where ``--table`` writes its markdown: ``table_<table>.md`` for the default ``--bases mf``, else with
     the bases appended (``table_ablation_lightgcn.md``, ``table_timing_mf_lightgcn.md``), so that a run on
-    another base never overwrites the MF table of the same dataset."""
+    another base never overwrites the MF table of the same dataset; an ablation restricted by ``--variants``
+    also appends the variants (``table_ablation_lightgcn_U+I_MAL.md``)."""
     suffix = "" if args.bases == ["mf"] else "_" + "_".join(args.bases)
+    if args.table == "ablation" and args.variants != list(ABLATION_VARIANTS):
+        suffix += "_" + "_".join(args.variants)  # a partial ablation never overwrites the full table
     return Path(args.out) / EXPERIMENT / args.dataset / f"table_{args.table}{suffix}.md"
 
 
@@ -407,6 +424,9 @@ def build_parser():
                    help="--table: the base grid's learning rates (default: those of --grid)")
     p.add_argument("--l2s", type=float, nargs="+", default=None,
                    help="--table: the base grid's L2 weights (default: those of --grid)")
+    p.add_argument("--variants", type=parse_variants, default=list(ABLATION_VARIANTS),
+                   help="--table ablation: the rows to run besides the base model, a comma-separated subset of "
+                        f"{','.join(ABLATION_VARIANTS)} (default: all)")
     add_reverse_flag(p)
     p.add_argument("--base", choices=("mf", "lightgcn"), default="mf")
     p.add_argument("--graph-backend", choices=lightgcn.BACKENDS, default="segment",

@@ -411,3 +411,27 @@ def test_cli_aux_names():
         exp.parse_aux("users")
     with pytest.raises(SystemExit):
         exp.main(["--aux", "user,itme", "--quick"])
+
+
+def test_cli_ablation_variants_subset(tmp_path, capsys):
+    """``--variants`` runs only the named ablation rows (plus the base model), in the table's order whatever
+    order they are given in, writes them to a file of their own, and rejects unknown names."""
+    import argparse
+
+    import pytest
+
+    from experiments import mal as exp
+
+    assert exp.parse_variants("MAL, U+I") == ["U+I", "MAL"]
+    with pytest.raises(argparse.ArgumentTypeError, match="U\\+J"):
+        exp.parse_variants("U+J")
+    with pytest.raises(argparse.ArgumentTypeError):
+        exp.parse_variants(",")
+    exp.main(["--table", "ablation", "--quick", "--seeds", "1", "--out", str(tmp_path), "--variants", "MAL,U+I"])
+    out = capsys.readouterr().out
+    tuned = [line.split(":")[0] for line in out.splitlines() if line.startswith("tuned ")]
+    assert tuned == ["tuned MF", "tuned MF+U+I", "tuned MF-MAL"]
+    root = tmp_path / "mal" / "synthetic"
+    table = (root / "table_ablation_U+I_MAL.md").read_text()
+    assert [r.split("|")[1].strip() for r in table.splitlines() if r.startswith("| MF")] == ["MF", "MF+U+I", "MF-MAL"]
+    assert not (root / "table_ablation.md").exists()  # the full table's file is left alone
