@@ -169,12 +169,17 @@ def parse_aux(s: str) -> tuple:
     as ``users`` must not silently turn the run into the plain base model)."""
     if s in ("none", ""):
         return ()
+    return tuple(parse_subset(s, ("user", "item"), "auxiliary task(s)", "'user,item', 'user', 'item' or 'none'"))
+
+
+def parse_subset(s: str, allowed, what: str, usage: str) -> list:
+    """The comma-separated names in ``s`` as a list in ``allowed``'s order; a name not in ``allowed`` is an
+    ``argparse.ArgumentTypeError`` naming it (``what``) and saying what to use instead (``usage``)."""
     names = [a.strip() for a in s.split(",") if a.strip()]
-    bad = [a for a in names if a not in ("user", "item")]
+    bad = [a for a in names if a not in allowed]
     if bad:
-        raise argparse.ArgumentTypeError(
-            f"unknown auxiliary task(s) {bad}: use 'user,item', 'user', 'item' or 'none'")
-    return tuple(a for a in ("user", "item") if a in names)
+        raise argparse.ArgumentTypeError(f"unknown {what} {bad}: use {usage}")
+    return [a for a in allowed if a in names]
 
 
 BASE_GRID = {"full": [dict(lr=lr, l2=l2) for lr in (1e-3, 5e-3, 1e-2) for l2 in (1e-4, 1e-3, 1e-2)],
@@ -268,12 +273,11 @@ ABLATION_VARIANTS = {"U": (("user",), "fixed"), "I": (("item",), "fixed"), "U+M"
 
 def parse_variants(s: str) -> list:
     """``"U+I,MAL"`` -> ``["U+I", "MAL"]`` in the table's order; an unknown name is an error."""
-    names = [v.strip() for v in s.split(",") if v.strip()]
-    bad = [v for v in names if v not in ABLATION_VARIANTS]
-    if bad or not names:
-        raise argparse.ArgumentTypeError(
-            f"unknown ablation variant(s) {bad or [s]}: use a comma-separated subset of {list(ABLATION_VARIANTS)}")
-    return [v for v in ABLATION_VARIANTS if v in names]
+    usage = f"a comma-separated subset of {list(ABLATION_VARIANTS)}"
+    names = parse_subset(s, list(ABLATION_VARIANTS), "ablation variant(s)", usage)
+    if not names:
+        raise argparse.ArgumentTypeError(f"no ablation variant in {s!r}: use {usage}")
+    return names
 
 
 def table_ablation(args) -> str:
