@@ -19,6 +19,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -29,7 +30,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 __all__ = ["save_result", "load_results", "mean_std", "format_table", "relative_improvement",
-           "package_versions", "device_info", "to_jsonable", "claim_run", "await_or_claim", "run_once", "grid_edge_notes"]
+           "package_versions", "device_info", "typed_command", "to_jsonable", "claim_run", "await_or_claim", "run_once", "grid_edge_notes"]
 
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "jaxopt", "chex", "numpy", "scipy", "jaxrec")
 
@@ -63,6 +64,13 @@ def _git_commit() -> str | None:
         return r.stdout.strip() or None
     except Exception:  # noqa: BLE001 - git absent or not a checkout: just record None
         return None
+
+
+def typed_command() -> str:
+    """The command line as the user typed it (``python -m experiments.mal --quick``), from ``sys.orig_argv``."""
+    argv = list(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
+    argv[0] = Path(argv[0]).name
+    return shlex.join(argv)
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -201,7 +209,7 @@ def save_result(experiment: str, dataset: str, *, config: Any, seed: int, metric
         "wall_time_s": float(wall_time),
         "versions": package_versions(),
         "device": device_info(),
-        "command": " ".join([Path(sys.executable).name] + sys.argv),
+        "command": typed_command(),
         "git_commit": _git_commit(),
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "extra": to_jsonable(dict(extra or {})),

@@ -213,10 +213,12 @@ class History(list):
     best_metrics: dict | None = None
     stopped_early: bool = False
     resumed_from: int | None = None
+    elapsed_s: float = 0.0  # wall time of the loop, summed over every process that ran part of it
 
     def summary(self) -> dict:
         return {"epochs_run": len(self), "best_epoch": self.best_epoch, "best_metrics": self.best_metrics,
-                "stopped_early": self.stopped_early, "resumed_from": self.resumed_from}
+                "stopped_early": self.stopped_early, "resumed_from": self.resumed_from,
+                "elapsed_s": self.elapsed_s}
 
 
 def _floats(d: Mapping | None) -> dict | None:
@@ -244,7 +246,8 @@ def fit(state: Any, epoch_fn: Callable[[Any, int], tuple[Any, Mapping]],
     state with the best value is kept. Without ``eval_fn`` the final state is returned as best.
 
     ``train_logs`` and ``val`` are dicts of scalars (device arrays are fine; they are converted once per
-    epoch). A non-finite ``train_logs["loss"]`` raises ``FloatingPointError`` naming the epoch.
+    epoch). A non-finite training log (``loss`` or any other) raises ``FloatingPointError`` naming it and the
+    epoch.
     ``epoch_fn`` must not donate its input buffers (the best state may still reference them).
 
     With ``ckpt_dir`` the loop checkpoints after every epoch and resumes from an existing checkpoint
@@ -260,6 +263,8 @@ def fit(state: Any, epoch_fn: Callable[[Any, int], tuple[Any, Mapping]],
     best_state = state
     start = 0
     ckpt = Checkpointer(ckpt_dir) if ckpt_dir is not None else None
+    t_start = time.perf_counter()
+    elapsed_before = 0.0
     if ckpt is not None:
         restored = ckpt.restore({"state": state, "best_state": state}, with_meta=True)
         if restored is not None:
@@ -270,6 +275,8 @@ def fit(state: Any, epoch_fn: Callable[[Any, int], tuple[Any, Mapping]],
             history.best_epoch, history.best_metrics = meta["best_epoch"], meta["best_metrics"]
             start = last_epoch + 1
             history.resumed_from = start
+            elapsed_before = float(meta.get("elapsed_s", 0.0))
+            history.elapsed_s = elapsed_before
             if meta.get("done"):
                 history.stopped_early = meta.get("stopped_early", False)
                 return best_state, history
@@ -286,8 +293,9 @@ def fit(state: Any, epoch_fn: Callable[[Any, int], tuple[Any, Mapping]],
         t0 = time.perf_counter()
         state, train_logs = epoch_fn(state, epoch)
         train_logs = _floats(train_logs) or {}
-        if "loss" in train_logs and not math.isfinite(train_logs["loss"]):
-            raise FloatingPointError(f"fit: training loss is {train_logs['loss']} at epoch {epoch}; lower the "
+        bad = [k for k, v in train_logs.items() if not math.isfinite(v)]
+        if bad:
+            raise FloatingPointError(f"training {bad[0]} is {train_logs[bad[0]]} at epoch {epoch}; lower the "
                                      "learning rate or check the inputs")
         val, improved = None, False
         last = epoch == epochs - 1
@@ -307,11 +315,13 @@ def fit(state: Any, epoch_fn: Callable[[Any, int], tuple[Any, Mapping]],
         history.append(rec)
         done = stopper.should_stop or last
         history.stopped_early = stopper.should_stop
+        history.elapsed_s = elapsed_before + time.perf_counter() - t_start
         if ckpt is not None:
             ckpt.save(epoch, {"state": state, "best_state": best_state},
                       meta={"stopper": stopper.state_dict(), "history": list(history),
                             "best_epoch": history.best_epoch, "best_metrics": history.best_metrics,
-                            "done": done, "stopped_early": history.stopped_early})
+                            "done": done, "stopped_early": history.stopped_early,
+                            "elapsed_s": history.elapsed_s})
         if val is not None:
             bar.set_postfix({metric: f"{val[metric]:.4f}", "best": f"{stopper.best or float('nan'):.4f}"})
         if emit is not None and ((epoch + 1) % log_every == 0 or done):

@@ -162,7 +162,7 @@ def reference_unrolled_value(inner, outer, steps, theta, lam, lr, train, val):
 def unrolled_vs_fd(name, steps, checkpoint, scan_unroll, theta, lam, lr, train, val):
     inner, outer = PROBLEMS[name]
     opts = dict(steps=steps, lr=lr, checkpoint=checkpoint, scan_unroll=scan_unroll)
-    val_, d_lam, d_theta = bl.unrolled(inner, outer, wrt_theta=True, **opts)(theta, lam, train, val)
+    val_, (d_lam, d_theta) = bl.unrolled(inner, outer, wrt_theta=True, **opts)(theta, lam, train, val)
     ref = functools.partial(reference_unrolled_value, inner, outer, steps)
     fd_lam = fd_grad(lambda l: ref(theta, l, lr, train, val), lam)
     fd_theta = fd_grad(lambda t: ref(t, lam, lr, train, val), theta)

@@ -94,8 +94,9 @@ def unrolled(inner_loss, outer_loss, *, steps: int, lr, checkpoint: bool = False
     ``F(lam) = L_out(theta_bar(lam), lam, outer_batch)`` and ``dF/dlam = grad_lam L_out + (d theta_bar /
     d lam)^T grad_theta L_out`` (the exact derivative of the truncated map, not of the true argmin).
 
-    With ``wrt_theta=True`` the function returns ``(F, dF/dlam, dF/dtheta)``, the gradient with respect to
-    the starting point as well (used by joint theta/lam training). ``check=True`` raises
+    With ``wrt_theta=True`` the function returns ``(F, (dF/dlam, dF/dtheta))`` (as ``jax.value_and_grad`` with
+    two ``argnums``): the gradient with respect to the starting point as well (joint theta/lam training).
+    Every constructor returns the same shape, ``(value, gradient)``. ``check=True`` raises
 :class:`jaxrec.bilevel.NonFiniteError` on NaN/inf outputs. All other options as in :func:`unroll`.
     """
     tbar = unroll(inner_loss, steps=steps, lr=lr, checkpoint=checkpoint, per_step_batch=per_step_batch,
@@ -126,13 +127,12 @@ def one_step(inner_loss, outer_loss, *, lr, wrt_theta: bool = False, check: bool
 
 def _hypergrad_of(objective, wrt_theta: bool, check: bool, what: str):
     """``hypergrad(theta, lam, inner_batch, outer_batch)`` returning ``(F, dF/dlam)`` of
-    ``F = objective(theta, lam, inner_batch, outer_batch)``, plus ``dF/dtheta`` when ``wrt_theta``."""
+    ``F = objective(theta, lam, inner_batch, outer_batch)``; ``(F, (dF/dlam, dF/dtheta))`` when ``wrt_theta``."""
     if wrt_theta:
         vg = jax.value_and_grad(objective, argnums=(1, 0))
 
         def hypergrad(theta, lam, inner_batch, outer_batch):
-            val, (d_lam, d_theta) = vg(theta, lam, inner_batch, outer_batch)
-            return val, d_lam, d_theta
+            return vg(theta, lam, inner_batch, outer_batch)
     else:
         hypergrad = jax.value_and_grad(objective, argnums=1)
     return with_finite_check(hypergrad, what) if check else hypergrad
