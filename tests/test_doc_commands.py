@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from jaxrec import cli
+
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = re.compile(r"python3? (?:-m experiments\.(\w+)|experiments/(\w+)\.py)(.*)")
 FOR_LOOP = re.compile(r"for (\w+) in ([^;]+); do")
@@ -71,11 +73,14 @@ def test_docs_have_commands_for_every_experiment():
 
 @pytest.mark.parametrize("where,exp,argv", COMMANDS, ids=[f"{w}:{e}" for w, e, _ in COMMANDS])
 def test_documented_command_parses(where, exp, argv):
-    parser = importlib.import_module(f"experiments.{exp}").build_parser()
+    module = importlib.import_module(f"experiments.{exp}")
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         try:
-            parser.parse_args(argv)
+            if hasattr(module, "SPEC"):  # a runner experiment: the full check (flags, values, dataset)
+                cli.parse(module.SPEC, argv)
+            else:
+                module.build_parser().parse_args(argv)
         except SystemExit:
             pytest.fail(f"{where}: `{exp} {' '.join(argv)}` is rejected by experiments.{exp}: {err.getvalue()}")
 

@@ -1,4 +1,4 @@
-"""End-to-end tests for MF-BPR (jaxrec.models.mf, experiments.mf_bpr) and the most-popular baseline."""
+"""End-to-end tests for MF-BPR (jaxrec.models.mf, jaxrec.methods.mf_bpr, experiments.mf_bpr) and most-popular."""
 import json
 
 import jax
@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from experiments import mf_bpr as exp
 from jaxrec import metrics
-from jaxrec.methods import popular
+from jaxrec import method as protocol
+from jaxrec.methods import mf_bpr, popular
 from jaxrec.models import mf
 
 
@@ -34,59 +36,51 @@ def test_popular_ranks_by_training_count():
     assert m["hit@1"] == 1.0
 
 
-def _small_split(seed=0):
-    from jaxrec.data import ratio_split, synthetic, to_csr
-
-    inter = synthetic.implicit_clusters(n_users=200, n_items=300, n_clusters=5, mean_per_user=30, seed=seed)
-    sp_ = ratio_split(inter, 0.2, 0.1, seed=seed)
-    shape = (inter.n_users, inter.n_items)
-    train, val, test = (to_csr(x, *shape) for x in sp_)
-    return {"train": train, "val": val, "test": test, "train_val": ((train + val) > 0).astype(np.float32).tocsr(),
-            "n_users": inter.n_users, "n_items": inter.n_items}
+def test_bpr_objective_matches_hand_computation():
+    params = {"user": jnp.array([[1.0, 0.0], [0.5, 0.5]]), "item": jnp.array([[1.0, 1.0], [0.0, 2.0], [1.0, -1.0]])}
+    batch = (jnp.array([0, 1, 0]), jnp.array([0, 1, 2]), jnp.array([1, 2, 1]), jnp.array([1.0, 1.0, 0.0]))
+    loss, bpr = mf_bpr.bpr_objective(params, batch, l2=0.1)
+    # pair 1: s_ui = 1, s_uj = 0 ; pair 2: s_ui = 1, s_uj = 0 ; pair 3 is padding (w = 0)
+    want_bpr = np.log1p(np.exp(-1.0))
+    reg = 0.5 * ((1 + 2 + 4) + (0.5 + 4 + 2)) / 2
+    assert float(bpr) == pytest.approx(want_bpr, rel=1e-6)
+    assert float(loss) == pytest.approx(want_bpr + 0.1 * reg, rel=1e-6)
 
 
 def test_mf_bpr_learns_and_beats_popular_on_synthetic():
-    from experiments.mf_bpr import Config, eval_test, train_mf
-
-    data = _small_split()
-    cfg = Config(dim=16, lr=1e-2, l2=1e-3, epochs=15, patience=5, batch_size=512)
-    params, hist = train_mf(cfg, data, seed=0, log=None)
-    losses = [h["train"]["loss"] for h in hist]
+    cfg = mf_bpr.MFBPRConfig(dim=16, lr=1e-2, l2=1e-3, epochs=15, patience=5, batch_size=512, small=True)
+    data = mf_bpr.load(cfg, "synthetic", None, seed=0)
+    res = protocol.train(mf_bpr.method(cfg, data), seed=0, epochs=cfg.epochs, metric="ndcg@20",
+                         patience=cfg.patience, log=None)
+    losses = [h["train"]["loss"] for h in res.history]
     assert losses[-1] < 0.5 * losses[0]
-    mf_m = eval_test(lambda u: mf.score_all(params, u), data)
-    pop_m = eval_test(popular.score_fn(popular.fit(data["train"])), data)
-    assert mf_m["recall@20"] > 1.2 * pop_m["recall@20"]
-    assert mf_m["ndcg@20"] > 1.15 * pop_m["ndcg@20"]
-    # the returned params are the best-validation ones
-    val = metrics.evaluate_topk(lambda u: mf.score_all(params, u), None, data["train"], data["val"], ks=(20,))
-    assert val["ndcg@20"] == pytest.approx(hist.best_metrics["ndcg@20"], abs=1e-6)
-    assert val["ndcg@20"] == pytest.approx(max(h["val"]["ndcg@20"] for h in hist), abs=1e-6)
+    pop = mf_bpr.most_popular(data)
+    assert res.test["recall@20"] > 1.2 * pop["test"]["recall@20"]
+    assert res.test["ndcg@20"] > 1.15 * pop["test"]["ndcg@20"]
+    # the returned state is the best-validation one
+    assert res.val["ndcg@20"] == pytest.approx(max(h["val"]["ndcg@20"] for h in res.history), abs=1e-6)
 
 
-def test_cli_quick_writes_results(tmp_path, capsys):
-    from experiments import mf_bpr
-
-    mf_bpr.main(["--quick", "--seeds", "1", "--out", str(tmp_path), "--lr", "0.01", "0.001"])
+def test_cli_quick_grid_writes_results(tmp_path, capsys):
+    exp.main(["--quick", "--seeds", "1", "--out", str(tmp_path), "--lr", "0.01", "0.001"])
     out = capsys.readouterr().out
     assert "| MF-BPR |" in out and "| MostPop |" in out and "recall@20" in out
     d = tmp_path / "mf_bpr" / "synthetic"
-    names = sorted(p.name for p in d.glob("*.json"))
-    assert names == ["grid.json", "mf_seed0.json", "popular_seed0.json"]
-    rec = json.loads((d / "mf_seed0.json").read_text())
-    assert rec["seed"] == 0 and rec["config"]["epochs"] == 5 and "recall@20" in rec["metrics"]["test"]
-    grid = json.loads((d / "grid.json").read_text())
-    assert len(grid["extra"]["grid"]) == 2 and grid["metrics"]["selected_lr"] in (0.01, 0.001)
+    runs = sorted(p.name for p in d.glob("mf_*_seed0.json"))
+    assert len(runs) == 2  # one run per grid point; the selected one is re-used for seed 0
+    assert (d / "popular_seed0.json").exists() and (d / "table_main.md").exists() and (d / "table_main.png").exists()
+    recs = [json.loads((d / r).read_text()) for r in runs]
+    assert sorted(r["config"]["lr"] for r in recs) == [0.001, 0.01]
+    assert all(r["config"]["epochs"] == 5 and "recall@20" in r["metrics"]["test"] for r in recs)
+    assert "Grid on seed 0" in (d / "table_main.md").read_text()
 
 
 @pytest.mark.realdata
 def test_mf_bpr_beats_popular_on_ml100k(data_dir):
-    from experiments.mf_bpr import Config, eval_test, load_split, train_mf
-
-    cfg = Config(dataset="ml-100k", dim=32, lr=5e-3, l2=1e-3, epochs=8, patience=8)
-    data = load_split(cfg, data_dir, seed=0)
+    cfg = mf_bpr.MFBPRConfig(dataset="ml-100k", dim=32, lr=5e-3, l2=1e-3, epochs=8, patience=8, ks=(20,))
+    data = mf_bpr.load(cfg, "ml-100k", data_dir, seed=0)
     assert data["n_users"] == 943 and data["n_items"] == 1682
     assert data["train"].nnz + data["val"].nnz + data["test"].nnz == 100_000
-    params, _ = train_mf(cfg, data, seed=0, log=None)
-    mf_m = eval_test(lambda u: mf.score_all(params, u), data, ks=(20,))
-    pop_m = eval_test(popular.score_fn(popular.fit(data["train"])), data, ks=(20,))
-    assert mf_m["recall@20"] > 1.2 * pop_m["recall@20"] and mf_m["ndcg@20"] > 1.2 * pop_m["ndcg@20"]
+    res = protocol.train(mf_bpr.method(cfg, data), seed=0, epochs=cfg.epochs, metric="ndcg@20", log=None)
+    pop = mf_bpr.most_popular(data, ks=(20,))["test"]
+    assert res.test["recall@20"] > 1.2 * pop["recall@20"] and res.test["ndcg@20"] > 1.2 * pop["ndcg@20"]
