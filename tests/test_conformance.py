@@ -1,0 +1,104 @@
+"""Every registered method obeys the method protocol (jaxrec.method): init / step / evaluate shapes, the same
+seed gives the same metrics, a run resumed after an interruption equals an uninterrupted one, and a NaN in
+the step stops training with a clear error.
+
+A method is registered by its experiment (``experiments.<name>.SPEC``) plus config overrides on top of the
+experiment's ``--quick`` settings; the data is the experiment's own synthetic set.
+"""
+import dataclasses
+import importlib
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrec import method as protocol
+
+# (id, experiment module, overrides of the --quick config)
+METHODS = [
+    ("mf_bpr", "mf_bpr", {}),
+]
+EPOCHS = 3
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _setup(experiment, overrides):
+    spec = importlib.import_module(f"experiments.{experiment}").SPEC
+    fields = {f.name for f in dataclasses.fields(spec.config)}
+    kw = {**{k: v for k, v in spec.quick.items() if k in fields}, **overrides}
+    config = spec.config(**kw)
+    module = importlib.import_module(spec.method)
+    data = module.load(config, "synthetic", None, 0)
+    return spec, config, module, data
+
+
+def _train(spec, method, **kw):
+    return protocol.train(method, seed=0, epochs=EPOCHS, metric=spec.metric, log=None, **kw)
+
+
+@pytest.fixture(scope="module", params=METHODS, ids=[m[0] for m in METHODS])
+def setup(request):
+    _, experiment, overrides = request.param
+    return _setup(experiment, overrides)
+
+
+def test_init_step_evaluate_shapes(setup):
+    spec, config, module, data = setup
+    m = module.method(config, data)
+    assert isinstance(m, protocol.Method)
+    state = m.init(jax.random.PRNGKey(0))
+    batches = m.batches(0, 0)
+    first = jax.tree_util.tree_map(lambda x: x[0], batches)
+    new, metrics = jax.jit(m.step)(state, first, jax.random.PRNGKey(1))
+    chex.assert_trees_all_equal_shapes_and_dtypes(state, new)
+    assert isinstance(metrics, dict) and metrics
+    for k, v in metrics.items():
+        assert jnp.ndim(v) == 0 and bool(jnp.isfinite(v)), k
+    changed = jax.tree_util.tree_map(lambda a, b: bool(jnp.any(a != b)), state, new)
+    assert any(jax.tree_util.tree_leaves(changed)), "the step changed nothing"
+    val, test = m.evaluate(new, "val"), m.evaluate(new, "test")
+    assert set(val) == set(test) and spec.metric in val
+    assert all(np.isfinite(float(v)) for v in val.values())
+
+
+def test_same_seed_same_metrics(setup):
+    spec, config, module, data = setup
+    a = _train(spec, module.method(config, data))
+    b = _train(spec, module.method(config, data))
+    assert a.val == b.val and a.test == b.test and a.best_epoch == b.best_epoch
+    assert [h["train"] for h in a.history] == [h["train"] for h in b.history]
+
+
+def test_resume_equals_uninterrupted(setup, tmp_path):
+    spec, config, module, data = setup
+    full = _train(spec, module.method(config, data))
+    m = module.method(config, data)
+
+    def failing_batches(seed, epoch):
+        if epoch == EPOCHS - 1:
+            raise Interrupted
+        return m.batches(seed, epoch)
+
+    with pytest.raises(Interrupted):
+        _train(spec, m._replace(batches=failing_batches), ckpt_dir=tmp_path)
+    assert (tmp_path / "checkpoint.msgpack").exists()  # the interrupted run left its checkpoint
+    resumed = _train(spec, module.method(config, data), ckpt_dir=tmp_path)
+    assert resumed.val == full.val and resumed.test == full.test and resumed.best_epoch == full.best_epoch
+    assert [h["train"] for h in resumed.history] == [h["train"] for h in full.history]
+
+
+def test_nan_in_step_is_caught(setup):
+    spec, config, module, data = setup
+    m = module.method(config, data)
+
+    def poisoned(key):  # every float parameter NaN: the step's loss is NaN
+        return jax.tree_util.tree_map(
+            lambda x: x * jnp.nan if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else x, m.init(key))
+
+    with pytest.raises(FloatingPointError, match=r"training \w+ is nan at epoch 0"):
+        _train(spec, m._replace(init=poisoned))
