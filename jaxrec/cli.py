@@ -42,13 +42,15 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 
 def param(default: Any, help: str, check: str | None = None, choices: tuple | None = None,
-          flag: bool = True) -> Any:
+          flag: bool = True, key: bool = True) -> Any:
     """A config field with its command-line help and check: ``lr: float = param(5e-3, "Adam step", "rate")``.
-    ``check`` names an entry of :data:`CHECKS`; ``flag=False`` keeps the field off the command line."""
+    ``check`` names an entry of :data:`CHECKS`; ``flag=False`` keeps the field off the command line;
+    ``key=False`` leaves it out of a run's cache key (a setting that cannot change the results, such as a
+    back end computing the same thing)."""
     if check is not None and check not in CHECKS:
         raise ValueError(f"param: unknown check {check!r}; use one of {sorted(CHECKS)}")
     return dataclasses.field(default=default, metadata={"help": help, "check": check, "choices": choices,
-                                                        "flag": flag})
+                                                        "flag": flag, "key": key})
 
 
 @dataclasses.dataclass
@@ -136,7 +138,7 @@ def build_parser(spec: Spec) -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="checkpoint every epoch and resume an interrupted run")
     r.add_argument("--reverse", action="store_true",
                    help="walk grids and seeds backwards, so a second process on the same --out shares the work")
-    r.add_argument("--log-every", type=int, default=None, help="print one line every N evaluations")
+    r.add_argument("--log-every", type=int, default=None, help="print one line every N evaluations (default 10; and after any 10 s without output)")
     r.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     if spec.add_flags is not None:
         spec.add_flags(r)
@@ -160,7 +162,8 @@ def _check_value(p: argparse.ArgumentParser, f: dataclasses.Field, value: Any) -
         return
     ok, allowed = CHECKS[check]
     if not ok(value):
-        p.error(f"argument --{f.name.replace('_', '-')}: {value!r} is not allowed; use {allowed}")
+        shown = f"{value:g}" if isinstance(value, float) else repr(value)
+        p.error(f"argument --{f.name.replace('_', '-')}: {shown} is not allowed; use {allowed}")
 
 
 def parse(spec: Spec, argv=None) -> Invocation:

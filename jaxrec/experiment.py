@@ -18,7 +18,9 @@ every epoch of a run in progress. A grid point that fails (NaN, a config the met
 its error and the grid goes on; the table lists the failed points.
 
 The method module (``Spec.method``) provides ``load(config, dataset, data_dir, seed) -> data``,
-``DATA_FIELDS`` (the config fields the data depends on) and ``method(config, data) -> jaxrec.method.Method``.
+``DATA_FIELDS`` (the config fields the data depends on) and ``method(config, data) -> jaxrec.method.Method``;
+optionally ``artifacts(config, data, state) -> {name: {array name: array}}``, saved with a run's results
+file as ``<stem>.<name>.npz``.
 """
 from __future__ import annotations
 
@@ -45,8 +47,11 @@ __all__ = ["Runner", "config_hash", "plot_table"]
 
 
 def config_hash(config: Any, n: int = 8) -> str:
-    """First ``n`` hex digits of the SHA-1 of the config's fields (JSON, sorted keys): a run's cache key."""
-    blob = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
+    """First ``n`` hex digits of the SHA-1 of the config's fields (JSON, sorted keys): a run's cache key.
+    Fields declared with ``param(..., key=False)`` are left out."""
+    skip = {f.name for f in dataclasses.fields(config) if f.metadata.get("key", True) is False}
+    blob = json.dumps({k: v for k, v in dataclasses.asdict(config).items() if k not in skip}, sort_keys=True,
+                      default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:n]
 
 
@@ -109,7 +114,7 @@ class Runner:
             res = protocol.train(self.module.method(config, data), seed=seed, epochs=config.epochs,
                                  metric=self.spec.metric, patience=getattr(config, "patience", None),
                                  eval_every=every, ckpt_dir=ckpt, log=self.log,
-                                 log_every=every * (self.args.log_every or 1), desc=f"{label} seed {seed}")
+                                 log_every=every * (self.args.log_every or 10), desc=f"{label} seed {seed}")
             m = self.spec.metric
             self.log(f"{label} seed {seed}: val {m} {res.val.get(m, float('nan')):.4f}, test {m} "
                      f"{res.test.get(m, float('nan')):.4f} (best epoch {res.best_epoch}, {res.epochs_run} epochs, "
@@ -120,6 +125,10 @@ class Runner:
             if self.save:
                 save_result(self.spec.name, self.dataset, config=config, seed=seed, metrics=rec["metrics"],
                             wall_time=res.wall_time_s, extra=extra, root=self.args.out, name=stem)
+                # optional: arrays of the trained state worth keeping beside the results file (<stem>.<name>.npz)
+                artifacts = getattr(self.module, "artifacts", None)
+                for name, arrays in (artifacts(config, data, res.state) if artifacts is not None else {}).items():
+                    np.savez_compressed(self.folder / f"{stem}.{name}.npz", **arrays)
             return rec
 
         if not self.save:

@@ -252,7 +252,8 @@ def fit(state: Any, epoch_fn: Callable[[Any, int], tuple[Any, Mapping]],
 
     With ``ckpt_dir`` the loop checkpoints after every epoch and resumes from an existing checkpoint
     (a finished run returns its stored result immediately). ``log`` receives one line every
-    ``log_every`` epochs (``None`` = silent); a tqdm bar over epochs is shown unless ``JAXREC_QUIET=1``.
+    ``log_every`` epochs, and after any stretch of more than 10 s without one (``None`` = silent); a tqdm
+    bar over epochs is shown unless ``JAXREC_QUIET=1``.
 
     Returns ``(best_state, history)``; see :class:`History`.
     """
@@ -289,6 +290,7 @@ def fit(state: Any, epoch_fn: Callable[[Any, int], tuple[Any, Mapping]],
         emit = bar.write
     done = False
     epoch = start - 1
+    last_line = time.perf_counter()
     for epoch in bar:
         t0 = time.perf_counter()
         state, train_logs = epoch_fn(state, epoch)
@@ -324,7 +326,9 @@ def fit(state: Any, epoch_fn: Callable[[Any, int], tuple[Any, Mapping]],
                             "elapsed_s": history.elapsed_s})
         if val is not None:
             bar.set_postfix({metric: f"{val[metric]:.4f}", "best": f"{stopper.best or float('nan'):.4f}"})
-        if emit is not None and ((epoch + 1) % log_every == 0 or done):
+        quiet_for = time.perf_counter() - last_line
+        if emit is not None and ((epoch + 1) % log_every == 0 or done or quiet_for > 10.0):
+            last_line = time.perf_counter()
             parts = [f"epoch {epoch:4d}"] + [f"{k}={v:.4f}" for k, v in train_logs.items()]
             if val is not None:
                 parts.append(f"val {metric}={val[metric]:.4f}" + (" *" if improved else ""))
