@@ -44,15 +44,20 @@ Hypergradients come from :mod:`jaxrec.bilevel`:
   standard IFT form above.
 - ``mode="fixed"``: Lambda stays at its initial value (grid-searched fixed weights, the ablation rows).
 
-Algorithm (one jitted step, scanned over an epoch): sample auxiliary positives/negatives on device;
-Adam step on Theta with ``grad L_in``; hypergradient on (train batch, meta batch) at the new Theta;
-Adam step on Lambda.
+Algorithm (one step, :func:`jaxrec.bilevel.alternating`; :func:`jaxrec.method.train` scans it over an epoch)::
+
+    sample u+, i+ ~ U(N_u), U(N_i) and the negative candidates (on device, sample_aux)
+    Theta  <- Theta  + Adam_lr(grad_Theta L_in(Theta, Lambda; D_train batch))
+    Lambda <- Lambda + Adam_meta_lr(d_Lambda L_pri(Theta~(Lambda); D_meta batch))   at the new Theta
+              (mode "fixed": Lambda stays; the meta loss is only reported)
+
+Each epoch: a shuffle of the training interactions cut into full batches, as many meta batches drawn with
+replacement from the validation split, one sampled negative each (``default_rng((seed, epoch))``).
 """
 from __future__ import annotations
 
-import dataclasses
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -60,95 +65,61 @@ import numpy as np
 import optax
 import scipy.sparse as sp
 
+from jaxrec import bilevel as bl
+from jaxrec.configs.mal import MALConfig
+from jaxrec.data import Interactions, load_dataset, ratio_split, resolve_data_dir, sample_negatives, synthetic, to_csr
 from jaxrec.losses import bpr_loss
+from jaxrec.method import Method
+from jaxrec.metrics import evaluate_topk
 from jaxrec.models import lightgcn, mf
 from jaxrec.neighbors import Neighbors, cosine_neighbors
 
 __all__ = [
-    "MALConfig",
-    "info_nce",
-    "bpr_terms",
-    "sample_aux",
-    "make_losses",
-    "make_hypergrad",
-    "make_epoch_fn",
-    "build_neighbors",
-    "init_state",
-    "train",
-    "score_fn_for",
-    "make_step",
-    "make_update",
-    "fixed_batches",
-    "time_hypergradients",
+    "MALConfig", "DATA_FIELDS", "load_split", "prepare", "load", "method", "artifacts",
+    "info_nce", "bpr_terms", "sample_aux", "make_losses", "make_hypergrad", "make_update", "init_state",
+    "build_neighbors", "with_aux_samples", "epoch_batches", "score_fn_for", "fixed_batches",
 ]
 
+DATA_FIELDS = ()  # the split depends on (dataset, seed) only; neighbourhoods and graph are built per config
+SYNTHETIC = dict(n_users=300, n_items=400, n_clusters=8, mean_per_user=30.0)
 
-# ----------------------------------------------------------------------------------------------- config
+
+# ------------------------------------------------------------------------------------------------ data
 
 
-@dataclasses.dataclass
-class MALConfig:
-    """Hyper-parameters of a MAL (or plain base-model) run.
+def load_split(dataset: str, data_dir, seed: int):
+    """80/20 per-user random split of the interactions, 10% of train held out as D_meta / validation.
 
-    ``aux=()`` gives the plain base model (MF or LightGCN with BPR); ``mode`` then is irrelevant.
+    Sequential sets (Amazon_*) are used as Top-K sets: each user's distinct items, order ignored.
     """
+    if dataset == "synthetic":
+        inter = synthetic.implicit_clusters(**SYNTHETIC, seed=0)
+    else:
+        data = load_dataset(dataset, resolve_data_dir(data_dir))
+        inter = data.to_interactions() if hasattr(data, "to_interactions") else data
+        key = inter.user.astype(np.int64) * inter.n_items + inter.item
+        _, first = np.unique(key, return_index=True)  # a Top-K set: every (user, item) pair once
+        first = np.sort(first)
+        if len(first) < len(key):
+            inter = Interactions(user=inter.user[first], item=inter.item[first], n_users=inter.n_users,
+                                 n_items=inter.n_items, name=getattr(inter, "name", dataset))
+    return ratio_split(inter, test_frac=0.2, val_frac=0.1, seed=seed)
 
-    base: str = "mf"  # "mf" | "lightgcn"
-    mode: str = "sog"  # "sog" | "ig" | "fixed"
-    aux: tuple = ("user", "item")  # which auxiliary tasks: subset of ("user", "item")
-    dim: int = 64
-    n_layers: int = 3  # LightGCN layers
-    init_scale: float = 0.1
-    lr: float = 5e-3  # Adam on Theta
-    l2: float = 1e-4  # L2 on the batch's layer-0 embeddings
-    tau: float = 0.3  # cosine threshold of the neighbourhoods
-    max_neighbors: int = 50  # M
-    n_aux_neg: int = 128  # sampled negative candidates per InfoNCE term
-    shared_negatives: bool = True  # one candidate set per batch (a matrix product) instead of per anchor
-    temperature: float = 1.0
-    include_positive: bool = True
-    weight_init: float = 0.5  # initial auxiliary weight sigmoid(lambda_0) in [0, 1] (clipped to [0.01, 0.99])
-    meta_lr: float = 1e-2  # Adam on Lambda
-    # Adam epsilon for Lambda: per-entity hypergradients are tiny (~1e-10 for SOG on ml-100k: one lambda touches
-    # a few examples of a mean loss, times alpha), far below Adam's default 1e-8, which would freeze Lambda
-    meta_eps: float = 1e-20
-    alpha: float = 1e-2  # SOG proxy step size
-    unroll_steps: int = 1  # SOG: 1 = one_step, >1 = unrolled
-    gamma: float = 1.0  # IG proximal strength (damping)
-    cg_steps: int = 2  # IG: k CG steps
-    batch_size: int = 5000
-    meta_batch_size: int = 5000
-    epochs: int = 100
-    eval_every: int = 5
-    patience: int = 5  # in evaluations, on validation recall@20
-    ks: tuple = (5, 10, 15, 20)
-    neighbor_block: int = 1024
 
-    def __post_init__(self):
-        if self.base not in ("mf", "lightgcn"):
-            raise ValueError(f"base must be 'mf' or 'lightgcn', got {self.base!r}")
-        if self.mode not in ("sog", "ig", "fixed"):
-            raise ValueError(f"mode must be 'sog', 'ig' or 'fixed', got {self.mode!r}")
-        self.aux = tuple(self.aux)
-        bad = set(self.aux) - {"user", "item"}
-        if bad:
-            raise ValueError(f"aux must be a subset of ('user', 'item'), got {self.aux!r}")
-        self.ks = tuple(self.ks)
+def prepare(split) -> dict:
+    """A ``(train, val, test)`` split as MAL's data: the parts, their CSR matrices (``seen`` = train + val,
+    excluded when testing), ``n_users`` / ``n_items``."""
+    tr, va, te = split[0], split[1], split[2]
+    train, val = to_csr(tr), to_csr(va)
+    return {"train_part": tr, "val_part": va, "train": train, "val": val, "test": to_csr(te),
+            "seen": ((train + val) > 0).astype(np.float32).tocsr(),
+            "n_users": int(tr.n_users), "n_items": int(tr.n_items)}
 
-    @property
-    def meta(self) -> bool:
-        """Whether Lambda is meta-learned (there are aux tasks and mode is sog/ig)."""
-        return bool(self.aux) and self.mode in ("sog", "ig")
 
-    @property
-    def name(self) -> str:
-        base = {"mf": "MF", "lightgcn": "LightGCN"}[self.base]
-        if not self.aux:
-            return base
-        if self.aux == ("user", "item") and self.meta:
-            return f"{base}-MAL" + ("" if self.mode == "sog" else "-IG")
-        tag = "+".join({"user": "U", "item": "I"}[a] for a in self.aux)
-        return f"{base}+{tag}" + ("+M" if self.meta else "")
+def load(config: MALConfig, dataset: str, data_dir, seed: int) -> dict:
+    """:func:`prepare` of :func:`load_split` (the runner's data hook; the split does not depend on ``config``)."""
+    del config
+    return prepare(load_split(dataset, data_dir, seed))
 
 
 # ----------------------------------------------------------------------------------------------- losses
@@ -246,16 +217,13 @@ def make_hypergrad(config: MALConfig, inner_loss, outer_loss) -> Callable:
     ``implicit(solver="cg", maxiter=cg_steps, damping=gamma)`` i.e. ``(H + gamma I) w = g`` (see the module
     docstring for the equivalence with the paper's ``(I + H/gamma) w = g``).
     """
-    from jaxrec import bilevel
-
     if config.mode == "sog":
         if config.unroll_steps == 1:
-            return bilevel.one_step(inner_loss, outer_loss, lr=config.alpha)
-        return bilevel.unrolled(inner_loss, outer_loss, steps=config.unroll_steps, lr=config.alpha)
+            return bl.one_step(inner_loss, outer_loss, lr=config.alpha)
+        return bl.unrolled(inner_loss, outer_loss, steps=config.unroll_steps, lr=config.alpha)
     if config.mode == "ig":
-        return bilevel.implicit(
-            inner_loss, outer_loss, solver="cg", maxiter=config.cg_steps, tol=0.0, damping=config.gamma
-        )
+        return bl.implicit(inner_loss, outer_loss, solver="cg", maxiter=config.cg_steps, tol=0.0,
+                           damping=config.gamma)
     raise ValueError(f"mode {config.mode!r} has no hypergradient")
 
 
@@ -308,78 +276,7 @@ def sample_aux(key, anchors, nbr_index, nbr_count, n_entities: int, n_neg: int, 
     return {"pos": pos, "neg": neg, "mask": mask, "has": has}
 
 
-# ------------------------------------------------------------------------------------------ training
-
-
-def init_state(key, config: MALConfig, n_users: int, n_items: int, dtype=None) -> dict:
-    """``{"theta", "lam", "opt_theta", "opt_lam", "step"}``; every ``lam`` entry is
-    ``logit(clip(weight_init, 0.01, 0.99))`` so that the initial weight ``sigmoid(lam)`` is ``weight_init``."""
-    dtype = dtype or jnp.zeros(()).dtype
-    w0 = float(np.clip(config.weight_init, 0.01, 0.99))
-    lam0 = float(np.log(w0 / (1.0 - w0)))
-    if config.base == "mf":
-        theta = mf.init(key, n_users, n_items, config.dim, config.init_scale, dtype)
-    else:
-        theta = lightgcn.init_params(key, n_users, n_items, config.dim, config.init_scale, dtype)
-    lam = {"user": jnp.full((n_users,), lam0, dtype), "item": jnp.full((n_items,), lam0, dtype)}
-    return {
-        "theta": theta,
-        "lam": lam,
-        "opt_theta": optax.adam(config.lr).init(theta),
-        "opt_lam": optax.adam(config.meta_lr, eps=config.meta_eps).init(lam),
-        "step": jnp.zeros((), jnp.int32),
-    }
-
-
-def make_update(config: MALConfig, graph=None):
-    """The MAL update on a batch whose auxiliary samples are drawn: ``update(state, batch, meta_batch) ->
-    (state, aux)`` (pure; jit it).
-
-    ``batch`` holds ``user, pos, neg`` and the ``{t}_aux_*`` entries of :func:`make_losses`; ``meta_batch``
-    ``user, pos, neg``. An Adam step on Theta with ``grad L_in``, then, when Lambda is meta-learned, an Adam
-    step on Lambda with the hypergradient of the meta loss at the new Theta (the algorithm box).
-    """
-    inner_loss, outer_loss = make_losses(config, graph)
-    hypergrad = make_hypergrad(config, inner_loss, outer_loss) if config.meta else None
-    opt_theta = optax.adam(config.lr)
-    opt_lam = optax.adam(config.meta_lr, eps=config.meta_eps)
-
-    def update(state, batch, meta_batch):
-        theta, lam = state["theta"], state["lam"]
-        loss, g = jax.value_and_grad(inner_loss)(theta, lam, batch)
-        upd, opt_theta_state = opt_theta.update(g, state["opt_theta"], theta)
-        theta = optax.apply_updates(theta, upd)
-        new = dict(state, theta=theta, opt_theta=opt_theta_state, step=state["step"] + 1)
-        aux = {"inner": loss}
-        if hypergrad is not None:
-            meta_val, d_lam = hypergrad(theta, lam, batch, meta_batch)
-            upd, opt_lam_state = opt_lam.update(d_lam, state["opt_lam"], lam)
-            new["lam"] = optax.apply_updates(lam, upd)
-            new["opt_lam"] = opt_lam_state
-            aux["meta"] = meta_val
-        else:
-            aux["meta"] = outer_loss(theta, lam, meta_batch)
-        return new, aux
-
-    return update
-
-
-def make_step(config: MALConfig, n_users: int, n_items: int, neighbors: dict, graph=None):
-    """One MAL step ``step(state, train_batch, meta_batch, key) -> (state, aux)`` (pure; jit it).
-
-    ``train_batch``/``meta_batch`` hold ``user, pos, neg``. The step samples the auxiliary batch on device
-    and applies :func:`make_update`.
-    """
-    update = make_update(config, graph)
-    nb = {t: (jnp.asarray(n.index), jnp.asarray(n.count)) for t, n in neighbors.items()}
-
-    def step(state, train_batch, meta_batch, key):
-        return update(state, _with_aux_samples(config, train_batch, nb, n_users, n_items, key), meta_batch)
-
-    return step
-
-
-def _with_aux_samples(config: MALConfig, batch: dict, nb: dict, n_users: int, n_items: int, key) -> dict:
+def with_aux_samples(config: MALConfig, batch: dict, nb: dict, n_users: int, n_items: int, key) -> dict:
     """``batch`` plus the ``{t}_aux_*`` entries of :func:`make_losses`, drawn by :func:`sample_aux` for each
     auxiliary task ``t`` (anchors: ``user`` for users, ``pos`` for items); ``nb[t] = (index, count)``."""
     batch = dict(batch)
@@ -393,22 +290,45 @@ def _with_aux_samples(config: MALConfig, batch: dict, nb: dict, n_users: int, n_
     return batch
 
 
-def make_epoch_fn(step: Callable) -> Callable:
-    """Jitted ``epoch(state, train_batches, meta_batches, key)`` scanning ``step`` over stacked batches
-    (leading axis = steps); returns the new state and the per-step aux (``inner``, ``meta``)."""
 
-    @jax.jit
-    def epoch(state, train_batches, meta_batches, key):
-        n = jax.tree_util.tree_leaves(train_batches)[0].shape[0]
-        keys = jax.random.split(key, n)
+# -------------------------------------------------------------------------------------------- the step
 
-        def body(s, xs):
-            tb, mb, k = xs
-            return step(s, tb, mb, k)
 
-        return jax.lax.scan(body, state, (train_batches, meta_batches, keys))
+def _optimizers(config: MALConfig) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+    """Adam on Theta and Adam on Lambda (``meta_eps``: see the config)."""
+    return optax.adam(config.lr), optax.adam(config.meta_lr, eps=config.meta_eps)
 
-    return epoch
+
+def make_update(config: MALConfig, graph=None) -> bl.AlternatingStep:
+    """The MAL step of the algorithm box on a batch whose auxiliary samples are drawn, as
+    :func:`jaxrec.bilevel.alternating`: ``update(state, batch, meta_batch) -> (state, {"inner", "outer"})``.
+
+    ``batch`` holds ``user, pos, neg`` and the ``{t}_aux_*`` entries of :func:`make_losses`; ``meta_batch``
+    ``user, pos, neg``. Without meta-learning (``mode="fixed"`` or no auxiliary task) Lambda stays and
+    ``outer`` is the meta loss at the new Theta.
+    """
+    inner_loss, outer_loss = make_losses(config, graph)
+    hypergrad = make_hypergrad(config, inner_loss, outer_loss) if config.meta else None
+    inner_tx, outer_tx = _optimizers(config)
+    return bl.alternating(inner_loss, hypergrad, inner_tx, outer_tx, outer_loss=outer_loss)
+
+
+def init_state(key, config: MALConfig, n_users: int, n_items: int, dtype=None) -> bl.BilevelState:
+    """``BilevelState(theta, lam, Adam states, step=0)``; every ``lam`` entry is
+    ``logit(clip(weight_init, 0.01, 0.99))`` so that the initial weight ``sigmoid(lam)`` is ``weight_init``."""
+    dtype = dtype or jnp.zeros(()).dtype
+    w0 = float(np.clip(config.weight_init, 0.01, 0.99))
+    lam0 = float(np.log(w0 / (1.0 - w0)))
+    if config.base == "mf":
+        theta = mf.init(key, n_users, n_items, config.dim, config.init_scale, dtype)
+    else:
+        theta = lightgcn.init_params(key, n_users, n_items, config.dim, config.init_scale, dtype)
+    lam = {"user": jnp.full((n_users,), lam0, dtype), "item": jnp.full((n_items,), lam0, dtype)}
+    inner_tx, outer_tx = _optimizers(config)
+    return bl.BilevelState(theta, lam, inner_tx.init(theta), outer_tx.init(lam), jnp.zeros((), jnp.int32))
+
+
+# ----------------------------------------------------------------------------------------- the method
 
 
 def _epoch_arrays(rng: np.random.Generator, user, item, neg_csr, n_batches: int, batch: int, replace: bool):
@@ -417,8 +337,6 @@ def _epoch_arrays(rng: np.random.Generator, user, item, neg_csr, n_batches: int,
     ``replace=False``: a random permutation cut into full batches (the remainder is dropped, so every
     jitted step sees the same shape); ``replace=True``: indices drawn with replacement (the meta batches).
     """
-    from jaxrec.data import sample_negatives
-
     n = len(user)
     if replace:
         idx = rng.integers(0, n, size=n_batches * batch)
@@ -434,176 +352,79 @@ def _epoch_arrays(rng: np.random.Generator, user, item, neg_csr, n_batches: int,
     }
 
 
+def epoch_batches(config: MALConfig, data: dict, seed: int, epoch: int) -> tuple[dict, dict]:
+    """One epoch's ``(train batches, meta batches)``, stacked ``[n_batches, batch]``: a shuffle of the
+    training interactions cut into full batches and as many meta batches drawn with replacement from the
+    validation split; randomness from ``default_rng((seed, epoch))`` only (a resumed run is identical)."""
+    tr, va = data["train_part"], data["val_part"]
+    bs, mbs = min(config.batch_size, len(tr.user)), min(config.meta_batch_size, len(va.user))
+    n_batches = len(tr.user) // bs
+    rng = np.random.default_rng((seed, epoch))
+    tb = _epoch_arrays(rng, tr.user, tr.item, data["train"], n_batches, bs, replace=False)
+    mb = _epoch_arrays(rng, va.user, va.item, data["seen"], n_batches, mbs, replace=True)
+    return tb, mb
+
+
 def score_fn_for(config: MALConfig, theta, graph=None) -> Callable:
     """Jitted ``users -> [len(users), n_items]`` all-item scores of the trained model (for evaluate_topk)."""
     eu, ei = _representations_fn(config, graph)(theta)
     return jax.jit(lambda users: eu[users] @ ei.T)
 
 
-def train(config: MALConfig, split, seed: int = 0, *, log: Callable[[str], None] | None = None,
-          eval_test: bool = True, graph_backend: str = "segment") -> dict[str, Any]:
-    """Train MAL (or the plain base model when ``config.aux == ()``) on ``split = (train, val, test)``.
-
-    ``train`` gives Theta's data, ``val`` is ``D_meta`` (the meta batches) and the validation set for early
-    stopping (recall@20, every ``eval_every`` epochs, ``patience`` evaluations). Test metrics are computed
-    once, for the Theta with the best validation recall@20, ranking all items not in the user's training
-    or validation set. Returns a dict with ``val``/``test`` metric dicts, ``best_epoch``, ``history``,
-    ``lam`` (numpy sigmoid weights per user/item), ``user_degree``/``item_degree`` and timings.
-
-    ``graph_backend`` picks LightGCN's propagation (:data:`jaxrec.models.lightgcn.BACKENDS`): the same model
-    and maths, float32 sums in another order; ``"dense"`` is faster on small dense sets such as ml-100k.
-    """
-    from jaxrec.data import to_csr
-    from jaxrec.metrics import evaluate_topk
-
-    tr, va, te = split[0], split[1], split[2]
-    n_users, n_items = int(tr.n_users), int(tr.n_items)
-    train_csr = to_csr(tr)
-    val_csr = to_csr(va)
-    test_csr = to_csr(te)
-    seen_csr = ((train_csr + val_csr) > 0).astype(np.float32).tocsr()
-
+def method(config: MALConfig, data: dict) -> Method:
+    """MAL (or the plain base model when ``config.aux == ()``) on ``data`` (:func:`prepare`) as a
+    :class:`jaxrec.method.Method`: Theta's data is ``train``, ``val`` is ``D_meta`` (the meta batches) and
+    the validation set (ranking items not in train); test ranks items not in train or val."""
+    n_users, n_items = data["n_users"], data["n_items"]
     t0 = time.perf_counter()
-    neighbors = build_neighbors(train_csr, config)
+    neighbors = build_neighbors(data["train"], config)
     t_nbr = time.perf_counter() - t0
-    graph = (lightgcn.build_graph(tr.user, tr.item, n_users, n_items, backend=graph_backend)
+    tr = data["train_part"]
+    graph = (lightgcn.build_graph(tr.user, tr.item, n_users, n_items, backend=config.graph_backend)
              if config.base == "lightgcn" else None)
-
-    state = init_state(jax.random.PRNGKey(seed), config, n_users, n_items)
-    step = make_step(config, n_users, n_items, neighbors, graph)
-    epoch_jit = make_epoch_fn(step)
-
-    n_tr, n_va = len(tr.user), len(va.user)
-    bs = min(config.batch_size, n_tr)
-    mbs = min(config.meta_batch_size, n_va)
-    n_batches = n_tr // bs
+    alt = make_update(config, graph)
+    nb = {t: (jnp.asarray(n.index), jnp.asarray(n.count)) for t, n in neighbors.items()}
     eval_users = np.arange(n_users)
-    timer = {"train_s": 0.0, "epochs": 0}
-    base_key = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
 
-    def epoch_fn(st, epoch):
-        # randomness derived from (seed, epoch) only, so a resumed run is identical
-        rng = np.random.default_rng((seed, epoch))
-        tb = _epoch_arrays(rng, tr.user, tr.item, train_csr, n_batches, bs, replace=False)
-        mb = _epoch_arrays(rng, va.user, va.item, seen_csr, n_batches, mbs, replace=True)
-        t1 = time.perf_counter()
-        st, aux = epoch_jit(st, tb, mb, jax.random.fold_in(base_key, epoch))
-        jax.block_until_ready(st["theta"])
-        timer["train_s"] += time.perf_counter() - t1
-        timer["epochs"] += 1
-        return st, {"loss": jnp.mean(aux["inner"]), "meta": jnp.mean(aux["meta"])}
+    def step(state, batch, key):
+        train_batch, meta_batch = batch
+        state, aux = alt.update(state, with_aux_samples(config, train_batch, nb, n_users, n_items, key), meta_batch)
+        return state, {"loss": aux["inner"], "meta": aux["outer"]}
 
-    def evaluate(theta, exclude, target):
-        return evaluate_topk(score_fn_for(config, theta, graph), eval_users, exclude, target, ks=config.ks)
+    def evaluate(state, part):
+        exclude, target = (data["train"], data["val"]) if part == "val" else (data["seen"], data["test"])
+        return evaluate_topk(score_fn_for(config, state.theta, graph), eval_users, exclude, target, ks=config.ks)
 
-    from jaxrec.train import fit
+    def summary(state):
+        lam = {k: np.asarray(jax.nn.sigmoid(v)) for k, v in state.lam.items()}
+        return {"neighbor_time_s": t_nbr, "mean_neighbors": {t: float(np.mean(n.count)) for t, n in neighbors.items()},
+                "graph_backend": config.graph_backend if graph is not None else None,
+                "lam_summary": {k: {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()),
+                                    "max": float(v.max())} for k, v in lam.items()}}
 
-    best_state, history = fit(
-        state, epoch_fn, lambda st: evaluate(st["theta"], train_csr, val_csr),
-        epochs=config.epochs, patience=config.patience, metric="recall@20", eval_every=config.eval_every,
-        log=log, log_every=config.eval_every, desc=config.name,
-    )
-    out = {
-        "config": dataclasses.asdict(config),
-        "name": config.name,
-        "best_epoch": history.best_epoch,
-        "epochs_run": timer["epochs"],
-        "history": [{"epoch": r["epoch"], **r["train"], **{f"val_{k}": v for k, v in (r["val"] or {}).items()
-                                                          if k in ("recall@20", "ndcg@20")}}
-                    for r in history],
-        "val": history.best_metrics,
-        "train_time_s": timer["train_s"],
-        "time_per_epoch_s": timer["train_s"] / max(timer["epochs"], 1),
-        "neighbor_time_s": t_nbr,
-        "graph_backend": graph_backend if graph is not None else None,
-        "n_neighbors": {t: float(np.mean(n.count)) for t, n in neighbors.items()},
-        "lam": {k: np.asarray(jax.nn.sigmoid(v)) for k, v in best_state["lam"].items()},
-        "user_degree": np.asarray(train_csr.getnnz(axis=1)),
-        "item_degree": np.asarray(train_csr.getnnz(axis=0)),
-        "theta": best_state["theta"],
-    }
-    if eval_test:
-        out["test"] = evaluate(best_state["theta"], seen_csr, test_csr)
-    return out
+    return Method(init=lambda key: init_state(key, config, n_users, n_items),
+                  batches=lambda seed, epoch: epoch_batches(config, data, seed, epoch),
+                  step=step, evaluate=evaluate, summary=summary)
 
 
-def fixed_batches(config: MALConfig, split, seed: int = 0) -> tuple[dict, dict]:
-    """One train batch with its auxiliary samples and one meta batch, drawn as :func:`train` draws them
-    (``config.batch_size`` / ``config.meta_batch_size`` interactions of ``split.train`` / ``split.val``): the
-    fixed inputs of timings and cross-checks. Returns ``(batch, meta_batch)`` of device arrays."""
-    from jaxrec.data import to_csr
+def artifacts(config: MALConfig, data: dict, state) -> dict:
+    """The learned weights ``sigmoid(lambda)`` per user / item with the training degrees (``<run>.lam.npz``,
+    read by the lambda-vs-degree plot); nothing for the plain base model."""
+    if not config.aux:
+        return {}
+    lam = {k: np.asarray(jax.nn.sigmoid(v)) for k, v in state.lam.items()}
+    return {"lam": {**lam, "user_degree": np.asarray(data["train"].getnnz(axis=1)),
+                    "item_degree": np.asarray(data["train"].getnnz(axis=0))}}
 
-    tr, va = split[0], split[1]
-    n_users, n_items = int(tr.n_users), int(tr.n_items)
-    train_csr = to_csr(tr)
-    seen_csr = ((train_csr + to_csr(va)) > 0).astype(np.float32).tocsr()
+
+def fixed_batches(config: MALConfig, data: dict, seed: int = 0) -> tuple[dict, dict]:
+    """One train batch with its auxiliary samples and one meta batch of ``data`` (:func:`prepare`), drawn as
+    an epoch draws them (``default_rng(seed)``; auxiliary samples from ``PRNGKey(seed + 1)``): the fixed inputs
+    of timings and cross-checks. Returns ``(batch, meta_batch)`` of device arrays."""
+    tr, va = data["train_part"], data["val_part"]
     rng = np.random.default_rng(seed)
     bs, mbs = min(config.batch_size, len(tr.user)), min(config.meta_batch_size, len(va.user))
-    tb = jax.tree.map(lambda x: x[0], _epoch_arrays(rng, tr.user, tr.item, train_csr, 1, bs, replace=False))
-    mb = jax.tree.map(lambda x: x[0], _epoch_arrays(rng, va.user, va.item, seen_csr, 1, mbs, replace=True))
-    nb = {t: (jnp.asarray(n.index), jnp.asarray(n.count)) for t, n in build_neighbors(train_csr, config).items()}
-    return _with_aux_samples(config, tb, nb, n_users, n_items, jax.random.PRNGKey(seed + 1)), mb
-
-
-def time_hypergradients(config: MALConfig, split, *, unroll=(1, 2, 3, 4, 5), cg=(1, 2, 3, 5), repeats: int = 20,
-                        seed: int = 0, graph_backend: str = "segment") -> dict[str, Any]:
-    """Wall time of one Lambda update per hypergradient method vs one plain Theta step.
-
-    All functions are jitted and measured in the same process on the same fixed (train, meta) batch of
-    ``config.batch_size`` / ``config.meta_batch_size`` interactions of ``split.train`` / ``split.val``
-    (auxiliary samples drawn once). The Theta step is ``grad L_in`` + Adam; a Lambda update is the
-    hypergradient + Adam on Lambda. Methods: ``SOG-s`` (``s`` unrolled SGD steps, ``s = 1`` is
-    ``bilevel.one_step``) and ``IG k=j`` (``j`` CG steps). Returns ``{"theta_step_s", "methods": {name:
-    seconds}, "methods_median", "theta_step_median_s", "wall_s"}``: the minimum over ``repeats`` calls (robust
-    to other processes on a shared machine) and the median; calls are interleaved round robin.
-    """
-    t_start = time.perf_counter()
-    tr = split[0]
-    n_users, n_items = int(tr.n_users), int(tr.n_items)
-    batch, mb = fixed_batches(config, split, seed)  # one auxiliary sample, shared by every method
-    graph = (lightgcn.build_graph(tr.user, tr.item, n_users, n_items, backend=graph_backend)
-             if config.base == "lightgcn" else None)
-    state = init_state(jax.random.PRNGKey(seed), config, n_users, n_items)
-    inner_loss, outer_loss = make_losses(config, graph)
-    opt_t, opt_l = optax.adam(config.lr), optax.adam(config.meta_lr, eps=config.meta_eps)
-
-    # everything is passed as an argument (closed-over arrays would be constant-folded by XLA)
-    @jax.jit
-    def theta_step(theta, lam, opt_state, batch):
-        g = jax.grad(inner_loss)(theta, lam, batch)
-        upd, opt_state = opt_t.update(g, opt_state, theta)
-        return optax.apply_updates(theta, upd), opt_state
-
-    def lam_step_fn(cfg):
-        hg = make_hypergrad(cfg, inner_loss, outer_loss)
-
-        @jax.jit
-        def lam_step(theta, lam, opt_state, batch, meta_batch):
-            _, d = hg(theta, lam, batch, meta_batch)
-            upd, opt_state = opt_l.update(d, opt_state, lam)
-            return optax.apply_updates(lam, upd), opt_state
-
-        return lam_step
-
-    th, lm = state["theta"], state["lam"]
-    calls = {"theta": (theta_step, (th, lm, state["opt_theta"], batch))}
-    for s_ in unroll:
-        fn = lam_step_fn(dataclasses.replace(config, mode="sog", unroll_steps=int(s_)))
-        calls[f"SOG-{s_}"] = (fn, (th, lm, state["opt_lam"], batch, mb))
-    for k in cg:
-        fn = lam_step_fn(dataclasses.replace(config, mode="ig", cg_steps=int(k)))
-        calls[f"IG k={k}"] = (fn, (th, lm, state["opt_lam"], batch, mb))
-    for fn, args in calls.values():
-        jax.block_until_ready(fn(*args))  # compile + warm up
-    # round robin: every method is timed once per round, so load changes on a shared machine hit all alike
-    times = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, (fn, args) in calls.items():
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            times[name].append(time.perf_counter() - t0)
-    out = {"theta_step_s": float(np.min(times["theta"])), "theta_step_median_s": float(np.median(times["theta"])),
-           "methods": {n: float(np.min(v)) for n, v in times.items() if n != "theta"},
-           "methods_median": {n: float(np.median(v)) for n, v in times.items() if n != "theta"}}
-    out["wall_s"] = time.perf_counter() - t_start
-    return out
+    tb = jax.tree.map(lambda x: x[0], _epoch_arrays(rng, tr.user, tr.item, data["train"], 1, bs, replace=False))
+    mb = jax.tree.map(lambda x: x[0], _epoch_arrays(rng, va.user, va.item, data["seen"], 1, mbs, replace=True))
+    nb = {t: (jnp.asarray(n.index), jnp.asarray(n.count)) for t, n in build_neighbors(data["train"], config).items()}
+    return with_aux_samples(config, tb, nb, data["n_users"], data["n_items"], jax.random.PRNGKey(seed + 1)), mb
