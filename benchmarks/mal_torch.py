@@ -14,7 +14,7 @@ Steps compared, on the same fixed train batch (with its auxiliary samples) and m
 - ``SOG``: that, then the one-step hypergradient at the new Theta and an Adam step on Lambda (MF-MAL);
 - ``IG k=2``: the same with the implicit hypergradient (2 CG steps, gamma = 1).
 
-jaxrec's side is ``jaxrec.methods.mal.make_update`` (the function every MAL run scans over), jitted.
+jaxrec's side is ``jaxrec.methods.mal.make_update`` (the bl.alternating step every MAL run scans over), jitted.
 
 **Agreement first.** In float64, from the same Theta, Lambda and batches, both sides' ``L_in``, Theta after
 the Adam step, the meta loss and the hypergradient ``d Lambda`` must agree to ``--tol`` (relative, max-norm),
@@ -65,7 +65,7 @@ def fixed_batches(config: mal.MALConfig, split, seed: int = 0):
     training graph (float64 weights)."""
     tr = split[0]
     n_users, n_items = int(tr.n_users), int(tr.n_items)
-    batch, meta = mal.fixed_batches(config, split, seed)
+    batch, meta = mal.fixed_batches(config, mal.prepare(split), seed)
     graph = lightgcn.build_graph(tr.user, tr.item, n_users, n_items, dtype=jnp.float64)
     to_np = lambda d: {k: np.asarray(v) for k, v in d.items()}  # noqa: E731
     return to_np(batch), to_np(meta), graph, n_users, n_items
@@ -82,7 +82,7 @@ def jax_side(config, batch, meta, graph, n_users, n_items, dtype, backend="segme
     if config.base == "lightgcn":
         g = graph.replace(weights=graph.weights.astype(dtype)).with_backend(backend)
     state = mal.init_state(jax.random.PRNGKey(0), config, n_users, n_items, dtype=dtype)
-    update = jax.jit(mal.make_update(config, g))
+    update = jax.jit(mal.make_update(config, g).update)
     hyper = None
     if config.meta:
         hyper = jax.jit(mal.make_hypergrad(config, *mal.make_losses(config, g)))
@@ -100,8 +100,8 @@ class TorchMAL:
 
         self.torch, self.cfg, self.nu = torch, config, n_users
         t = lambda x, dt=dtype: torch.as_tensor(np.array(x)).to(dt)  # noqa: E731  (a writable copy)
-        self.theta = [t(state["theta"]["user"]).requires_grad_(), t(state["theta"]["item"]).requires_grad_()]
-        self.lam = [t(state["lam"]["user"]).requires_grad_(), t(state["lam"]["item"]).requires_grad_()]
+        self.theta = [t(state.theta["user"]).requires_grad_(), t(state.theta["item"]).requires_grad_()]
+        self.lam = [t(state.lam["user"]).requires_grad_(), t(state.lam["item"]).requires_grad_()]
         self.opt_theta = torch.optim.Adam(self.theta, lr=config.lr, eps=1e-8)
         self.opt_lam = torch.optim.Adam(self.lam, lr=config.meta_lr, eps=config.meta_eps)
         self.b = {k: (torch.as_tensor(np.array(v)) if v.dtype == bool else torch.as_tensor(np.array(v)).long())
@@ -220,16 +220,16 @@ def agreement(config, batch, meta, graph, n_users, n_items, backend="segment") -
     loss_t, val_t, _ = tm.update()
     out = {
         "L_in": _rel(loss_t.numpy(), aux["inner"]),
-        "theta_after_step": max(_rel(tm.theta[0].detach().numpy(), new["theta"]["user"]),
-                                _rel(tm.theta[1].detach().numpy(), new["theta"]["item"])),
-        "meta_loss": _rel(val_t.numpy(), aux["meta"]),
+        "theta_after_step": max(_rel(tm.theta[0].detach().numpy(), new.theta["user"]),
+                                _rel(tm.theta[1].detach().numpy(), new.theta["item"])),
+        "meta_loss": _rel(val_t.numpy(), aux["outer"]),
     }
     if hyper is not None:
         # d Lambda at the same (Theta, Lambda) on both sides: JAX's new Theta and the pre-update Lambda. (The
         # per-entity hypergradients are sums with heavy cancellation, so the ~1e-15 differences between the two
         # Adam implementations' Theta would show up as ~1e-5 relative differences in d Lambda.)
-        _, d_lam = hyper(new["theta"], state["lam"], jb, jm)
-        at = TorchMAL(config, dict(theta=new["theta"], lam=state["lam"]), batch, meta, graph, n_users, n_items,
+        _, d_lam = hyper(new.theta, state.lam, jb, jm)
+        at = TorchMAL(config, state._replace(theta=new.theta), batch, meta, graph, n_users, n_items,
                       dtype=__import__("torch").float64)
         _, d_lam_t = at.hypergrad()
         out["d_lambda"] = max(_rel(d_lam_t[0].numpy(), d_lam["user"]), _rel(d_lam_t[1].numpy(), d_lam["item"]))
@@ -261,7 +261,7 @@ def timings(config, batch, meta, graph, n_users, n_items, steps: int, rounds: in
             tm.update()
 
     run_jax(), run_torch()  # compile / warm up
-    assert box["state"]["theta"]["user"].dtype == jnp.float32
+    assert box["state"].theta["user"].dtype == jnp.float32
     times = {"jax": [], "torch": []}
     for _ in range(rounds):
         for name, fn in (("jax", run_jax), ("torch", run_torch)):
@@ -272,7 +272,6 @@ def timings(config, batch, meta, graph, n_users, n_items, steps: int, rounds: in
 
 
 def main(argv=None):
-    from experiments.mal import load_split
     from jaxrec.cli import live_output
     from jaxrec.results import save_result
 
@@ -293,7 +292,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     live_output()
     torch = import_torch("benchmarks/mal_torch.py", args.threads)
-    split = load_split(args.dataset, args.data_dir, 0)
+    split = mal.load_split(args.dataset, args.data_dir, 0)
     print(f"{args.dataset}: torch {torch.__version__} ({torch.get_num_threads()} threads), jax {jax.__version__} "
           f"({jax.devices()[0].platform}), load average {os.getloadavg()[0]:.1f}")
     print("| base | step | JAX ms | PyTorch ms | PyTorch / JAX | float64 agreement (max rel. diff) |")

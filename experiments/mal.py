@@ -187,6 +187,10 @@ def main(argv=None):
     return cli.main(SPEC, argv)
 
 
+def build_parser():  # for tests/test_doc_commands.py
+    return cli.build_parser(SPEC)
+
+
 def __getattr__(name):  # experiments.mal.load_split: kept for tests/test_torch_crosscheck.py, without JAX at import
     if name == "load_split":
         from jaxrec.methods.mal import load_split
