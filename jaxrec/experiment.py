@@ -112,7 +112,7 @@ class Runner:
             ckpt = self.folder / "ckpt" / stem if self.args.resume and self.save else None
             every = getattr(config, "eval_every", 1)
             res = protocol.train(self.module.method(config, data), seed=seed, epochs=config.epochs,
-                                 metric=self.spec.metric, patience=getattr(config, "patience", None),
+                                 metric=self.spec.metric, patience=getattr(config, "patience", None) or None,
                                  eval_every=every, ckpt_dir=ckpt, log=self.log,
                                  log_every=every * (self.args.log_every or 10), desc=f"{label} seed {seed}")
             m = self.spec.metric
