@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import synthetic
 from .errors import data_error
 from .paths import data_file
 from .types import ColdStartTasks, Interactions, LastFM, Sequences, Tabular
@@ -529,16 +530,15 @@ def load_lastfm(data_dir=None, *, verify: bool = True) -> LastFM:
 
 
 DATASETS = ("ml-100k", "ml-latest-small", "ml-1m-melu", *SEQUENCE_DATASETS, "adult", "lastfm",
-            "synthetic", "synthetic-seq", "synthetic-ratings")
+            "synthetic", "synthetic-seq", "synthetic-ratings", "synthetic-ctr")
 
 
 def load_dataset(name: str, data_dir=None, **kwargs):
     """Load dataset ``name`` (one of ``DATASETS``). Real datasets read ``data_dir`` (None = $JAXREC_DATA);
     ``synthetic`` (implicit clusters -> Interactions), ``synthetic-seq`` (-> Sequences) and
-    ``synthetic-ratings`` (-> Interactions with ratings and features) need no files; ``kwargs`` go to the
+    ``synthetic-ratings`` (-> Interactions with ratings and features) and ``synthetic-ctr`` (Meta-Wrapper's
+    interest-group CTR split) need no files; ``kwargs`` go to the
     loader or generator (e.g. ``seed``)."""
-    from . import synthetic
-
     if name == "ml-100k":
         return load_ml100k(data_dir, **kwargs)
     if name == "ml-latest-small":
@@ -557,4 +557,6 @@ def load_dataset(name: str, data_dir=None, **kwargs):
         return synthetic.sequences(**kwargs)
     if name == "synthetic-ratings":
         return synthetic.ratings_with_features(**kwargs)
+    if name == "synthetic-ctr":
+        return synthetic.ctr_rows(**kwargs)
     raise data_error(f"unknown dataset {name!r}", fix=f"use one of {DATASETS}")
