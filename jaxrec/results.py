@@ -27,6 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import jax
 import numpy as np
 
 __all__ = ["save_result", "load_results", "mean_std", "format_table", "relative_improvement",
@@ -48,7 +49,6 @@ def package_versions() -> dict[str, str]:
 
 def device_info() -> dict[str, Any]:
     """The JAX backend, its devices and whether float64 is enabled."""
-    import jax
 
     devs = jax.devices()
     return {"platform": devs[0].platform, "devices": [str(d) for d in devs],

@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from tqdm import tqdm
 
 __all__ = ["TrainState", "split_key", "progress", "quiet", "EarlyStopping", "Checkpointer", "History", "fit"]
 
@@ -82,7 +83,6 @@ def quiet() -> bool:
 
 def progress(iterable: Iterable, desc: str | None = None, total: int | None = None, **kwargs):
     """``tqdm`` progress bar over ``iterable``; disabled when ``JAXREC_QUIET=1`` or stderr is not a TTY."""
-    from tqdm import tqdm
 
     disable = quiet() or not sys.stderr.isatty()
     return tqdm(iterable, desc=desc, total=total, disable=disable, leave=False, dynamic_ncols=True, **kwargs)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import jax
+from jax.flatten_util import ravel_pytree
 import jax.numpy as jnp
 from jax import lax
 from jaxopt import implicit_diff
@@ -105,7 +106,6 @@ def newton_solver(inner_loss, *, maxiter: int = 20, tol: float = 0.0):
     ``theta <- theta - H^{-1} grad_theta L_in`` (``H`` from :func:`jaxrec.bilevel.dense_hessian`); at most
     ``maxiter`` iterations, stopping once ``|grad| <= tol``. Quadratic convergence makes ``1e-12`` cheap.
     """
-    from jax.flatten_util import ravel_pytree
 
     grad = jax.grad(inner_loss, argnums=0)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 
 import jax
+from jax.experimental import checkify
 import jax.numpy as jnp
 import numpy as np
 
@@ -68,7 +69,6 @@ def checkify_finite(tree, what: str = "hypergradient"):
 
     Example: ``err, out = checkify.checkify(f)(x); err.throw()`` where ``f`` calls ``checkify_finite``.
     """
-    from jax.experimental import checkify
 
     checkify.check(all_finite(tree), f"{what} contains NaN or inf")
     return tree

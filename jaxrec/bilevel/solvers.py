@@ -6,6 +6,7 @@ linear map on pytrees shaped like ``b``. They are pure and jit-able, and vmap ov
 from __future__ import annotations
 
 import jax
+from jaxopt import linear_solve
 import jax.numpy as jnp
 from jax import lax
 from jax.flatten_util import ravel_pytree
@@ -93,7 +94,6 @@ def jaxopt_cg(matvec, b, *, maxiter: int, tol: float = 0.0, x0=None):
     Stops when ``|r| <= max(tol * |b|, 0)`` or after ``maxiter`` iterations; with ``tol = 0`` it runs all
     ``maxiter`` iterations unless the residual is exactly zero.
     """
-    from jaxopt import linear_solve
 
     return linear_solve.solve_cg(matvec, b, init=x0, tol=tol, maxiter=int(maxiter))
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import hashlib
+import urllib.request
 import io
 import os
 import shutil
@@ -215,7 +216,6 @@ DOWNLOADS: dict[str, Download] = {
 
 def _fetch(url: str, timeout: float = 60.0) -> bytes:
     """Download ``url`` into memory (the single network call of the library; tests replace it)."""
-    import urllib.request
 
     with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (fixed https URLs above)
         return resp.read()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Iterator
 
 import numpy as np
+import jax.numpy as jnp
 import scipy.sparse as sp
 
 from .errors import data_error
@@ -101,7 +102,6 @@ def batch_iterator(arrays: dict, batch_size: int, rng=None, shuffle: bool = True
     ``drop_last`` drops a final short batch (keep shapes static for ``jax.jit``). With ``n_batches`` it
     yields exactly that many full batches instead, drawing from successive reshuffled passes.
     """
-    import jax.numpy as jnp
 
     if not arrays:
         raise data_error("batch_iterator got no arrays")
