@@ -1,6 +1,7 @@
 """MAL: auxiliary InfoNCE losses on hand cases, auxiliary sampling, the inner/outer losses, the SOG / unrolled /
 IG hypergradients against finite differences on a tiny float64 instance, and a short run that lowers the
 meta loss."""
+import argparse
 import dataclasses
 
 import jax
@@ -9,6 +10,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+import optax
+
+from experiments import mal as exp
+from jaxrec import method as protocol
 from jaxrec.methods import mal
 from jaxrec.neighbors import cosine_neighbors
 
@@ -190,15 +195,15 @@ def test_lightgcn_backends_give_the_same_mal_update(mode):
     with jax.enable_x64(True):
         cfg, theta, lam, batch, meta, graph = _tiny(base="lightgcn")
         cfg = dataclasses.replace(cfg, mode=mode)
-        state = dict(mal.init_state(jax.random.PRNGKey(0), cfg, 4, 5, dtype=jnp.float64), theta=theta, lam=lam)
-        outs = {b: jax.jit(mal.make_update(cfg, graph.with_backend(b)))(state, batch, meta)
+        state = mal.init_state(jax.random.PRNGKey(0), cfg, 4, 5, dtype=jnp.float64)._replace(theta=theta, lam=lam)
+        outs = {b: jax.jit(mal.make_update(cfg, graph.with_backend(b)).update)(state, batch, meta)
                 for b in ("segment", "bcoo", "dense")}
         for b in ("bcoo", "dense"):
             for part in ("theta", "lam"):
                 for k in ("user", "item"):
-                    np.testing.assert_allclose(outs[b][0][part][k], outs["segment"][0][part][k], rtol=1e-9,
-                                               atol=1e-12)
-        assert not np.allclose(outs["dense"][0]["lam"]["user"], lam["user"])  # Lambda did move
+                    np.testing.assert_allclose(getattr(outs[b][0], part)[k], getattr(outs["segment"][0], part)[k],
+                                               rtol=1e-9, atol=1e-12)
+        assert not np.allclose(outs["dense"][0].lam["user"], lam["user"])  # Lambda did move
 
 
 def test_unrolled_hypergradient_matches_finite_differences():
@@ -283,6 +288,32 @@ def test_meta_steps_on_lambda_lower_the_meta_loss():
         assert all(b <= a + 1e-12 for a, b in zip(values, values[1:]))  # small steps: monotone
 
 
+def test_update_is_theta_step_then_lambda_step_at_the_new_theta():
+    """One ``make_update`` = an Adam step on Theta with grad L_in, then an Adam step on Lambda with the SOG
+    hypergradient at the NEW Theta and the old Lambda (the algorithm box), written out here with optax."""
+    with jax.enable_x64(True):
+        cfg, theta, lam, batch, meta, _ = _tiny(seed=4)
+        cfg = dataclasses.replace(cfg, lr=0.05, meta_lr=0.1)
+        state = mal.init_state(jax.random.PRNGKey(0), cfg, 4, 5, dtype=jnp.float64)._replace(theta=theta, lam=lam)
+        new, aux = jax.jit(mal.make_update(cfg).update)(state, batch, meta)
+        inner, outer = mal.make_losses(cfg)
+        g = jax.grad(inner)(theta, lam, batch)
+        upd, _ = optax.adam(cfg.lr).update(g, optax.adam(cfg.lr).init(theta), theta)
+        theta1 = optax.apply_updates(theta, upd)
+        v, d_lam = mal.make_hypergrad(cfg, inner, outer)(theta1, lam, batch, meta)
+        tx = optax.adam(cfg.meta_lr, eps=cfg.meta_eps)
+        upd, _ = tx.update(d_lam, tx.init(lam), lam)
+        lam1 = optax.apply_updates(lam, upd)
+        for k in ("user", "item"):
+            np.testing.assert_allclose(new.theta[k], theta1[k], rtol=1e-6)  # jit vs eager Adam
+            np.testing.assert_allclose(new.lam[k], lam1[k], rtol=1e-6)
+        assert float(aux["outer"]) == pytest.approx(float(v), rel=1e-9) and int(new.step) == 1
+        # the meta step lowers the meta loss at the next proxy point (the sign of the outer update)
+        assert float(mal.make_hypergrad(cfg, inner, outer)(theta1, new.lam, batch, meta)[0]) < float(v)
+        fixed, _ = jax.jit(mal.make_update(dataclasses.replace(cfg, mode="fixed")).update)(state, batch, meta)
+        np.testing.assert_array_equal(fixed.lam["user"], lam["user"])  # mode "fixed": Lambda stays
+
+
 @pytest.fixture(scope="module")
 def tiny_split():
     from jaxrec.data import ratio_split, synthetic
@@ -294,15 +325,17 @@ def tiny_split():
 def test_short_mal_run_learns(tiny_split):
     cfg = mal.MALConfig(dim=16, lr=1e-2, batch_size=256, meta_batch_size=128, epochs=9, eval_every=3,
                         patience=10, meta_lr=5e-2, alpha=1e-1, tau=0.2, n_aux_neg=32)
-    res = mal.train(cfg, tiny_split, seed=0)
-    meta = [h["meta"] for h in res["history"]]
+    data = mal.prepare(tiny_split)
+    res = protocol.train(mal.method(cfg, data), seed=0, epochs=cfg.epochs, metric="recall@20",
+                         eval_every=cfg.eval_every, patience=cfg.patience, log=None)
+    meta = [h["train"]["meta"] for h in res.history]
     assert meta[-1] < meta[0] - 0.05  # the meta (primary) loss on D_meta goes down
-    lam_u = res["lam"]["user"]
+    lam_u = mal.artifacts(cfg, data, res.state)["lam"]["user"]
     assert lam_u.shape == (120,) and np.all((lam_u > 0) & (lam_u < 1))
     assert lam_u.std() > 1e-2  # per-entity weights moved away from the common init (meta-learning is active)
     # better than ranking by chance: random top-20 of ~130 unseen items has recall ~ 20/130
-    assert res["test"]["recall@20"] > 2 * 20 / 150
-    assert res["neighbor_time_s"] >= 0 and res["n_neighbors"]["user"] > 0
+    assert res.test["recall@20"] > 2 * 20 / 150
+    assert res.summary["neighbor_time_s"] >= 0 and res.summary["mean_neighbors"]["user"] > 0
 
 
 def test_config_validation():
@@ -319,119 +352,80 @@ def test_config_validation():
 # ------------------------------------------------------------------------------------------- the CLI
 
 
-def test_cli_base_grid_override(tmp_path):
-    """``--lrs`` / ``--l2s`` replace an axis of the base grid, the table records the grid it used, and the
-    tuning runs are the overridden configurations."""
-    import argparse
+def _table(root, name):
+    return (root / "mal" / "synthetic" / f"table_{name}.md").read_text()
+
+
+def _rows(text):
+    return [r.split("|")[1].strip() for r in text.splitlines() if r.startswith("| MF")]
+
+
+def test_cli_base_grid_override(tmp_path, capsys):
+    """``--lrs`` / ``--l2s`` replace an axis of the base grid, and the tuning runs are those configurations."""
     import json
 
-    from experiments import mal as exp
-
-    default = exp.base_grid(argparse.Namespace(grid="full", lrs=None, l2s=None))
-    assert default == exp.BASE_GRID["full"]
-    wide = exp.base_grid(argparse.Namespace(grid="full", lrs=None, l2s=[1e-2, 1e-1]))
-    assert wide == [dict(lr=lr, l2=l2) for lr in (1e-3, 5e-3, 1e-2) for l2 in (1e-2, 1e-1)]
-
     exp.main(["--table", "main", "--quick", "--out", str(tmp_path), "--lrs", "2e-2", "--l2s", "3e-2"])
-    table = (tmp_path / "mal" / "synthetic" / "table_main.md").read_text()
+    table = _table(tmp_path, "main")
     assert "lr [0.02] x L2 [0.03]" in table and "chosen: base lr=0.02 l2=0.03" in table
-    base_runs = [json.loads(p.read_text())["config"] for p in (tmp_path / "mal" / "synthetic").glob("tune_MF_*.json")]
-    assert [(c["lr"], c["l2"]) for c in base_runs] == [(2e-2, 3e-2)]
+    base_runs = [json.loads(p.read_text())["config"] for p in (tmp_path / "mal" / "synthetic").glob("MF_*.json")]
+    assert {(c["lr"], c["l2"]) for c in base_runs} == {(2e-2, 3e-2)}
 
 
 def test_cli_reverse_shares_cached_runs(tmp_path, capsys):
-    """``--reverse`` walks grids and seeds backwards but builds the same table: after a forward run into the same
-    ``--out`` it trains nothing and picks the same configurations."""
-    from experiments import mal as exp
-
+    """``--reverse`` walks grids and seeds backwards but builds the same table: after a forward run into the
+    same ``--out`` it trains nothing and picks the same configurations."""
     args = ["--table", "main", "--quick", "--seeds", "2", "--out", str(tmp_path)]
     exp.main(args)
-    first = (tmp_path / "mal" / "synthetic" / "table_main.md").read_text()
+    first = _table(tmp_path, "main")
     capsys.readouterr()
     exp.main(args + ["--reverse"])
     out = capsys.readouterr().out
-    assert "loss=" not in out and out.count("[cached]") == 2 * 2 + 2 * 2  # 2 + 2 tuning runs, 2 + 2 seed runs
-    second = (tmp_path / "mal" / "synthetic" / "table_main.md").read_text()
-    assert first.split("\n", 3)[3] == second.split("\n", 3)[3]  # identical but for the command line
+    assert "compiling" not in out and out.count("[cached]") == 2 + 2 + 2 + 2  # 2 + 2 tuning runs, seeds 1
+    assert _rows(first) == _rows(_table(tmp_path, "main"))
+    assert first.split("Command:")[0] == _table(tmp_path, "main").split("Command:")[0]
     assert not list((tmp_path / "mal" / "synthetic").glob("*.running"))
 
 
-def test_cli_ablation_reverse_walks_variants_backwards(tmp_path, capsys):
-    """``--table ablation --reverse`` tunes the variants last-first (so two processes start at opposite ends)
-    but prints the rows in the table's order; after a forward run it trains nothing and gives the same table."""
-    from experiments import mal as exp
-
-    args = ["--table", "ablation", "--quick", "--seeds", "1", "--out", str(tmp_path)]
+def test_cli_ablation_variants_and_reverse(tmp_path, capsys):
+    """``--variants`` runs only the named rows (plus the base), in the table's order whatever the order given
+    or walked (``--reverse``), to a file of its own; a forward re-run trains nothing."""
+    args = ["--table", "ablation", "--quick", "--seeds", "1", "--out", str(tmp_path), "--variants", "MAL,U+I"]
     exp.main(args + ["--reverse"])
     out = capsys.readouterr().out
-    # the first variant tuned in reverse order is MF-MAL (both auxiliary tasks, meta-learned)
-    tuned = [line.split(":")[0] for line in out.splitlines() if line.startswith("tuned ")]
-    assert tuned[0] == "tuned MF" and tuned[1] == "tuned MF-MAL" and tuned[-1] == "tuned MF+U"
-    first = (tmp_path / "mal" / "synthetic" / "table_ablation.md").read_text()
-    order = [r.split("|")[1].strip() for r in first.splitlines() if r.startswith("| MF")]
-    assert order == ["MF", "MF+U", "MF+I", "MF+U+M", "MF+I+M", "MF+U+I", "MF-MAL"]
+    trained = [line.split(" seed ")[0] for line in out.splitlines() if " seed 0: val " in line]
+    assert trained[0] == "MF" and trained[-1].startswith("MF+U+I")  # MF-MAL was tuned before MF+U+I
+    table = _table(tmp_path, "ablation_U+I_MAL")
+    assert _rows(table) == ["MF", "MF+U+I", "MF-MAL"]
+    assert not (tmp_path / "mal" / "synthetic" / "table_ablation.md").exists()  # the full table is left alone
     exp.main(args)
-    out = capsys.readouterr().out
-    assert "loss=" not in out
-    second = (tmp_path / "mal" / "synthetic" / "table_ablation.md").read_text()
-    assert first.split("\n", 3)[3] == second.split("\n", 3)[3]
+    assert "compiling" not in capsys.readouterr().out
 
 
-def test_table_path_keeps_bases_apart(tmp_path):
-    """A LightGCN (or two-base) table gets its own file, so it cannot overwrite the MF table of the same
-    dataset; the default MF table keeps the plain name."""
-    from experiments import mal as exp
-
-    def path(*argv):
-        return exp.table_path(exp.build_parser().parse_args(["--out", str(tmp_path), *argv]))
-
-    root = tmp_path / "mal" / "ml-100k"
-    assert path("--table", "ablation", "--dataset", "ml-100k") == root / "table_ablation.md"
-    assert path("--table", "ablation", "--dataset", "ml-100k", "--bases", "lightgcn") == \
-        root / "table_ablation_lightgcn.md"
-    assert path("--table", "timing", "--dataset", "ml-100k", "--bases", "mf,lightgcn") == \
-        root / "table_timing_mf_lightgcn.md"
-    assert len({path("--table", t, "--bases", b) for t in ("main", "ablation") for b in ("mf", "lightgcn")}) == 4
+def _exit(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        exp.main(argv)
+    return e.value.code, capsys.readouterr().err
 
 
-def test_cli_aux_names():
-    """``--aux`` accepts 'user', 'item', both in any order, or 'none'; an unknown name is an error rather than
-    a silent fall-back to the plain base model."""
-    import argparse
+@pytest.mark.parametrize("argv", [["--aux", "user,itme"], ["--variants", "U+J"], ["--bases", "ncf"],
+                                  ["--tau", "1.5"], ["--lr", "-1"], ["--base", "ncf"], ["--mode", "maml"],
+                                  ["--batch-size", "0"], ["--table", "timing"]])
+def test_cli_refuses_nonsense_before_any_work(argv, capsys):
+    code, err = _exit(argv + ["--quick", "--no-save"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "error" in err
 
-    import pytest
 
-    from experiments import mal as exp
+@pytest.mark.parametrize("argv", [["--table", "main", "--tau", "0.1"], ["--table", "main", "--aux", "user"],
+                                  ["--lrs", "1e-3"], ["--table", "main", "--variants", "MAL"]])
+def test_cli_refuses_flags_a_table_would_ignore(argv, capsys):
+    code, err = _exit(argv + ["--quick", "--no-save"], capsys)
+    assert code == 1 and err.count("\n") == 1
 
-    assert exp.parse_aux("user,item") == ("user", "item")
-    assert exp.parse_aux("item, user") == ("user", "item")
-    assert exp.parse_aux("item") == ("item",)
-    assert exp.parse_aux("none") == ()
+
+def test_subset_parser():
+    parse = exp.subset(("user", "item"), "auxiliary task", True)
+    assert parse("item, user") == ("user", "item") and parse("none") == () and parse("item") == ("item",)
     with pytest.raises(argparse.ArgumentTypeError, match="users"):
-        exp.parse_aux("users")
-    with pytest.raises(SystemExit):
-        exp.main(["--aux", "user,itme", "--quick"])
-
-
-def test_cli_ablation_variants_subset(tmp_path, capsys):
-    """``--variants`` runs only the named ablation rows (plus the base model), in the table's order whatever
-    order they are given in, writes them to a file of their own, and rejects unknown names."""
-    import argparse
-
-    import pytest
-
-    from experiments import mal as exp
-
-    assert exp.parse_variants("MAL, U+I") == ["U+I", "MAL"]
-    with pytest.raises(argparse.ArgumentTypeError, match="U\\+J"):
-        exp.parse_variants("U+J")
+        parse("users")
     with pytest.raises(argparse.ArgumentTypeError):
-        exp.parse_variants(",")
-    exp.main(["--table", "ablation", "--quick", "--seeds", "1", "--out", str(tmp_path), "--variants", "MAL,U+I"])
-    out = capsys.readouterr().out
-    tuned = [line.split(":")[0] for line in out.splitlines() if line.startswith("tuned ")]
-    assert tuned == ["tuned MF", "tuned MF+U+I", "tuned MF-MAL"]
-    root = tmp_path / "mal" / "synthetic"
-    table = (root / "table_ablation_U+I_MAL.md").read_text()
-    assert [r.split("|")[1].strip() for r in table.splitlines() if r.startswith("| MF")] == ["MF", "MF+U+I", "MF-MAL"]
-    assert not (root / "table_ablation.md").exists()  # the full table's file is left alone
+        exp.subset(tuple(exp.ABLATION_VARIANTS), "variant", False)(",")
