@@ -10,7 +10,9 @@ import optax
 import pytest
 
 from jaxrec.losses import bce_with_logits
-from jaxrec.methods.meta_wrapper import MWConfig, init_state, make_step, model_config, objective_grads, train
+from jaxrec import bilevel as bl
+from jaxrec import method as protocol
+from jaxrec.methods.meta_wrapper import MWConfig, method, model_config, objective_grads, optimizer
 from jaxrec.models.ctr import cast_params, ctr_logits, init_params, merge_params, split_params
 
 
@@ -45,6 +47,19 @@ def _manual_objective(cfg, mcfg, theta, phi, b_in, b_out):
         g = jax.grad(_L, argnums=1)(mcfg, t, phi, b_in)
         t = jax.tree_util.tree_map(lambda x, y: x - cfg.beta * y, t, g)
     return _L(mcfg, theta, phi, b_in) + cfg.mu * _L(mcfg, t, phi, b_out)
+
+
+class _Rows:
+    """A CTR part of the given rows (what ``method`` reads: ``arrays()``, ``len``, ``n_items``, ``n_cats``)."""
+
+    def __init__(self, rows, n_items, n_cats):
+        self.rows, self.n_items, self.n_cats = {k: np.asarray(v) for k, v in rows.items()}, n_items, n_cats
+
+    def arrays(self):
+        return self.rows
+
+    def __len__(self):
+        return len(self.rows["label"])
 
 
 def _flip(b):
@@ -118,13 +133,14 @@ def test_m3_alternates_theta_on_din_then_phi_on_dout():
     with jax.enable_x64(True):
         cfg, mcfg, params, b_in, b_out = _tiny(seed=2)
         cfg = dataclasses.replace(cfg, variant="M3", lr=1e-2)
-        state = init_state(cfg, mcfg, jax.random.PRNGKey(0), jnp.float64)
-        state = state._replace(params=params, opt_state=(optax.adam(cfg.lr).init(split_params(params)[0]),
-                                                         optax.adam(cfg.lr).init(split_params(params)[1])))
         data = {k: jnp.concatenate([b_in[k], b_out[k]]) for k in b_in}
-        idx_in, idx_out = jnp.arange(5), jnp.arange(5, 10)
-        step = make_step(cfg, mcfg)
-        new, _ = step(state, data, idx_in, idx_out, jax.random.PRNGKey(0))
+        part = _Rows(data, mcfg.n_items, mcfg.n_cats)
+        m = method(cfg, type("Split", (), {"train": part, "val": part, "test": part})())
+        theta0, phi0 = split_params(params)
+        tx = optimizer(cfg)  # Adam after add_decayed_weights(2 l2 = 0)
+        state = bl.BilevelState(theta0, phi0, tx.init(theta0), tx.init(phi0), jnp.zeros((), jnp.int32))
+        batch = {"in": jnp.arange(5), "out": jnp.arange(5, 10)}
+        new, _ = m.step(state, batch, jax.random.PRNGKey(0))
         # reference: Adam on grad_theta L_in, then Adam on grad_phi L_out at the *updated* theta
         opt = optax.adam(cfg.lr)
         theta, phi = split_params(params)
@@ -134,13 +150,15 @@ def test_m3_alternates_theta_on_din_then_phi_on_dout():
         g_p = jax.grad(_L, argnums=2)(mcfg, theta1, phi, b_out)
         upd, _ = opt.update(g_p, opt.init(phi), phi)
         phi1 = optax.apply_updates(phi, upd)
-        assert _close(split_params(new.params)[0], theta1)
-        assert _close(split_params(new.params)[1], phi1)
+        assert _close(new.theta, theta1)
+        assert _close(new.lam, phi1)
         # theta's step ignores D_out
         data2 = dict(data, label=data["label"].at[5:].set(1 - data["label"][5:]))
-        new2, _ = step(state, data2, idx_in, idx_out, jax.random.PRNGKey(0))
-        assert _close(split_params(new2.params)[0], theta1)
-        assert not _close(split_params(new2.params)[1], phi1)
+        part2 = _Rows(data2, mcfg.n_items, mcfg.n_cats)
+        m2 = method(cfg, type("Split", (), {"train": part2, "val": part2, "test": part2})())
+        new2, _ = m2.step(state, batch, jax.random.PRNGKey(0))
+        assert _close(new2.theta, theta1)
+        assert not _close(new2.lam, phi1)
 
 
 def test_train_runs_and_is_reproducible():
@@ -149,12 +167,12 @@ def test_train_runs_and_is_reproducible():
     split = synthetic_interest_groups(seed=0, n_users=10, n_items=200, n_pos=10, n_neg=10)
     cfg = MWConfig(variant="M4", emb_dim=4, hidden=(8, 4), att_hidden=(8, 4), epochs=2, batch_size=32,
                    n_inner=1, lr=1e-2, eval_batch=32)
-    a = train(cfg, split, seed=3)
-    b = train(cfg, split, seed=3)
-    assert len(a["history"]) == 2
-    for k in ("train_loss", "val_auc", "test_loss", "objective"):  # noqa: B007
-        assert np.isfinite(a["history"][-1][k])
-        assert a["history"][-1][k] == b["history"][-1][k]
+    a, b = (protocol.train(method(cfg, split), seed=3, epochs=2, metric="auc", log=None) for _ in range(2))
+    assert len(a.history) == 2
+    for k in ("train_loss", "auc", "test_loss"):
+        assert np.isfinite(a.history[-1]["val"][k])
+        assert a.history[-1]["val"][k] == b.history[-1]["val"][k]
+    assert a.history[-1]["train"] == b.history[-1]["train"] and a.test == b.test
     with pytest.raises(ValueError, match="din"):
         MWConfig(model="base", variant="M4")
     for v in ("M1", "M2", "M3", "M4"):  # their objectives run without dropout: asking for it is an error
