@@ -1,171 +1,155 @@
 """MCLRec / MCLRec-J / CL4SRec / SASRec on leave-one-out sequential recommendation.
 
-Protocol (issue 5): leave-one-out (last item test, second-to-last validation), every prefix of the rest
-is a training instance (inputs truncated to the last 50 items), full ranking over all items without
-history exclusion, HR@{5,10,20} / NDCG@{5,10,20}, model selection on validation NDCG@10 with early
-stopping (patience 10), up to 100 epochs, Adam lr 1e-3, batch 256.
+    python -m experiments.mclrec                                   # synthetic: MCLRec vs SASRec, < 2 min
+    python -m experiments.mclrec --quick --model sasrec            # CI smoke run
+    python -m experiments.mclrec --dataset Amazon_Beauty --data-dir ../shared/data --table models --seeds 3
+    python -m experiments.mclrec --dataset Amazon_Beauty --data-dir ../shared/data --table ablations --seeds 3
+    python -m experiments.mclrec --dataset Amazon_Beauty --data-dir ../shared/data --table reduced --out results
 
-Examples::
-
-    python experiments/mclrec.py                                   # embedded synthetic data, MCLRec
-    python experiments/mclrec.py --quick --model sasrec            # CI smoke run
-    python experiments/mclrec.py --dataset Amazon_Beauty --model mclrec --seeds 3      # full protocol
-    python experiments/mclrec.py --dataset Amazon_Beauty --model cl4srec --tune-lam    # lam in {.05,.1,.2}
-    python experiments/mclrec.py --dataset Amazon_Beauty --model mclrec --ablation no_reg
-    python experiments/mclrec.py --dataset Amazon_Beauty --table   # markdown table of stored results
-
-Results go to ``results/mclrec/<dataset>/<model>[_<ablation>][_<tag>]_seed<k>.json`` through
-``jaxrec.results.save_result``; with checkpoints (default) an interrupted run resumes from
-``<out>/mclrec/<dataset>/ckpt/<name>`` when restarted with the same command.
+Protocol (issue 5, :mod:`jaxrec.methods.mclrec`): leave-one-out, every prefix of the rest a training
+instance (inputs truncated to the last 50 items), full ranking over all items without history exclusion,
+HR / NDCG @ {5, 10, 20}, selection on validation NDCG@10 with early stopping (patience 10), up to 100
+epochs, Adam lr 1e-3, batch 256. ``--model`` / ``--ablation`` pick the configuration of ``--table main``;
+several ``--lam`` values are CL4SRec's lambda grid (``--table models`` tunes lam in {0.05, 0.1, 0.2}).
+``--table reduced`` is RESULTS.md's 1-epoch Beauty table, ``--table speed`` its CPU step-time table (read
+from the stored ``benchmarks/mclrec_step.py`` file under ``--out``).
 """
 from __future__ import annotations
 
 import dataclasses
-import sys
-import time
+import json
 from pathlib import Path
 
-import numpy as np
+from jaxrec import cli
+from jaxrec.configs.mclrec import ABLATIONS, PRESETS, MCLRecConfig, config_problem
 
-from jaxrec.cli import common_parser, live_output, seed_list
-from jaxrec.methods import mclrec as M
-from jaxrec.results import format_table, load_results, mean_std, save_result
-
-EXPERIMENT = "mclrec"
-MODELS = ("sasrec", "cl4srec", "mclrec", "mclrec_j")
+MODELS = tuple(PRESETS)
+NAMES = {"sasrec": "SASRec", "cl4srec": "CL4SRec", "mclrec": "MCLRec", "mclrec_j": "MCLRec-J"}
 LAMBDA_GRID = (0.05, 0.1, 0.2)
-# Embedded synthetic default: a cluster Markov chain with a learnable successor rule.
-SYNTHETIC = dict(n_users=1000, n_items=500, n_clusters=10, mean_len=15, min_len=5, max_len=40, p_follow=0.6,
-                 seed=0)
+COLUMNS = [f"{m}@{k}" for m in ("hit", "ndcg") for k in (5, 10, 20)]
+# Synthetic default: a small encoder, 10 epochs at most (about a minute on 2 idle CPU cores); the real-data
+# defaults are the paper's (the config's).
+TUNED = {"synthetic": {"max_len": 20, "hidden": 32, "ff": 64, "n_blocks": 1, "epochs": 10, "patience": 3,
+                       "ragged_width": 0}}
+# --quick: the old smoke settings (5 batches of 64 per epoch, 2 epochs); overrides every TUNED key
+QUICK = {"max_len": 20, "hidden": 16, "ff": 32, "n_blocks": 1, "epochs": 2, "patience": 10, "ragged_width": 16,
+         "batch_size": 64, "max_batches": 5}
+PAPER_BEAUTY = {"SASRec (paper)": {"HR@20": 0.0894, "NDCG@20": 0.0386},
+                "CL4SRec (paper)": {"HR@20": 0.0974, "NDCG@20": 0.0428},
+                "MCLRec (paper)": {"HR@5": 0.0581, "HR@10": 0.0871, "HR@20": 0.1243, "NDCG@5": 0.0352,
+                                   "NDCG@10": 0.0446, "NDCG@20": 0.0539}}
+SPEED_ROWS = [("mclrec+repeat", "MCLRec + repeated stage 1 (as the authors' code)", "3 fwd/bwd + 1 fwd"),
+              ("mclrec", "MCLRec (stage 1 + stage 2, our default)", "2 fwd/bwd + 1 fwd"),
+              ("mclrec_j", "MCLRec-J", "1 fwd/bwd"), ("cl4srec", "CL4SRec", "1 fwd/bwd"),
+              ("sasrec", "SASRec", "1 fwd/bwd (no views)")]
 
 
-def build_parser():
-    """The command line of this experiment (the tests check RESULTS.md's commands against it)."""
-    p = common_parser(__doc__.split("\n\n")[0])
-    p.add_argument("--model", choices=MODELS, default="mclrec")
-    p.add_argument("--ablation", choices=sorted(M.ABLATIONS), default="none")
-    p.add_argument("--lam", type=float, default=None, help="weight of L_cl1 (default: preset)")
-    p.add_argument("--beta", type=float, default=None, help="weight of L_cl2 + 0.1 R (default: preset)")
-    p.add_argument("--tune-lam", action="store_true",
-                   help=f"tune lam in {LAMBDA_GRID} on validation NDCG@10 (seed 0), then run all seeds")
-    p.add_argument("--repeat-stage1", action="store_true",
-                   help="run stage 1 again after stage 2 on the same batch (as the authors' code)")
-    p.add_argument("--patience", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--max-len", type=int, default=50)
-    p.add_argument("--max-batches", type=int, default=None, help="cap batches per epoch (reduced budget)")
-    p.add_argument("--eval-users", type=int, default=None, help="evaluate on the first N users only")
-    p.add_argument("--tag", default="", help="suffix of the result name (e.g. 'reduced')")
-    p.add_argument("--no-ckpt", action="store_true", help="no checkpoint / resume")
-    p.add_argument("--table", action="store_true", help="print the stored results as a markdown table")
-    return p
+def add_flags(p) -> None:
+    p.add_argument("--model", choices=MODELS, default=None, help="--table main: the model (default: mclrec)")
+    p.add_argument("--ablation", choices=sorted(ABLATIONS), default=None,
+                   help="--table main: an MCLRec ablation (default: none)")
 
 
-def parse(argv=None):
-    return build_parser().parse_args(argv)
+def configure(runner, model: str, ablation: str = "none", keep_flags: bool = True, **extra):
+    """``(config, label)``: ``runner.base`` with ``model``'s preset, ``ablation`` and ``extra``; with
+    ``keep_flags`` a field given on the command line keeps its value."""
+    over = {**PRESETS[model], **ABLATIONS[ablation], **extra}
+    over = {k: v for k, v in over.items() if not (keep_flags and getattr(runner.args, k, None) is not None)}
+    return dataclasses.replace(runner.base, **over), model + ("" if ablation == "none" else f"_{ablation}")
 
 
-def load(args):
-    if args.dataset == "synthetic":
-        from jaxrec.data import synthetic
-
-        return synthetic.sequences(**SYNTHETIC)
-    from jaxrec.data import load_sequences, resolve_data_dir
-
-    return load_sequences(args.dataset, resolve_data_dir(args.data_dir))
+def run_model(runner, model: str, ablation: str = "none", grid=None, keep_flags=True) -> tuple[list, list]:
+    base, label = configure(runner, model, ablation, keep_flags)
+    best, rows = runner.tune(base, grid, label=label)
+    return runner.seeds(best, label), rows
 
 
-def config_for(args, lam=None) -> M.MCLRecConfig:
-    over = {"batch_size": args.batch_size, "max_len": args.max_len, "patience": args.patience,
-            "repeat_stage1": args.repeat_stage1}
-    if args.epochs is not None:
-        over["epochs"] = args.epochs
-    if args.lam is not None:
-        over["lam"] = args.lam
-    if lam is not None:
-        over["lam"] = lam
-    if args.beta is not None:
-        over["beta"] = args.beta
-    if args.quick:
-        over.update(hidden=16, ff=32, n_blocks=1, epochs=args.epochs or 2, batch_size=64)
-    return M.preset(args.model, args.ablation, **over)
+def table_main(runner) -> str:
+    """``--model`` (tuned on the command line's grid) over the seeds, against SASRec."""
+    model, ablation = runner.args.model or "mclrec", runner.args.ablation or "none"
+    recs, grid = run_model(runner, model, ablation)
+    name = NAMES[model] + ("" if ablation == "none" else f" ({ablation})")
+    rows = {name: recs}
+    if model != "sasrec":
+        rows["SASRec"] = runner.seeds(*configure(runner, "sasrec", keep_flags=False))  # untuned, base config
+    return runner.table("main", rows, COLUMNS, improvement=(name, "SASRec") if model != "sasrec" else None,
+                        grid=grid, title=f"{name} vs SASRec")
 
 
-def run_name(args, seed, lam=None) -> str:
-    parts = [args.model] + ([args.ablation] if args.ablation != "none" else [])
-    if lam is not None:
-        parts.append(f"lam{lam:g}")
-    if args.tag:
-        parts.append(args.tag)
-    return "_".join(parts) + f"_seed{seed}"
+def table_models(runner) -> str:
+    """The paper's comparison: SASRec, CL4SRec (lam tuned in LAMBDA_GRID unless --lam), MCLRec-J, MCLRec."""
+    lam_grid = [{"lam": v} for v in (runner.args.lam or LAMBDA_GRID)]
+    rows, grid = {}, []
+    for m in MODELS:
+        rows[NAMES[m]], g = run_model(runner, m, grid=lam_grid if m == "cl4srec" else [{}], keep_flags=False)
+        grid += g
+    return runner.table("models", rows, COLUMNS, improvement=("MCLRec", "CL4SRec"), grid=grid,
+                        title="SASRec / CL4SRec / MCLRec-J / MCLRec")
 
 
-def run_one(args, cfg, data, seed, name):
-    ckpt = None if (args.no_ckpt or args.no_save) else Path(args.out) / EXPERIMENT / args.dataset / "ckpt" / name
-    max_batches = args.max_batches if not args.quick else (args.max_batches or 5)
-    t0 = time.perf_counter()
-    res = M.train(cfg, data, seed, ckpt_dir=ckpt, max_batches=max_batches, eval_users=args.eval_users)
-    wall = time.perf_counter() - t0
-    metrics = dict(res["test"])
-    metrics.update({f"valid_{k}": v for k, v in (res["valid"] or {}).items()})
-    epoch_times = [h["time_s"] for h in res["history"]]
-    extra = {"best_epoch": res["best_epoch"], "summary": res["summary"],
-             "history": [{k: h[k] for k in ("epoch", "train", "val", "time_s")} for h in res["history"]],
-             "median_epoch_time_s": float(np.median(epoch_times)) if epoch_times else None,
-             "valid_eval_time_s": res["eval_time_s"], "test_eval_time_s": res["test_eval_time_s"],
-             "max_batches_per_epoch": max_batches, "eval_users": args.eval_users,
-             "reduced_budget": bool(max_batches or args.eval_users or cfg.epochs < 100 or args.quick),
-             "exclude_history": False, "repeat_stage1": cfg.repeat_stage1}
-    if not args.no_save:
-        path = save_result(EXPERIMENT, args.dataset, config=dataclasses.asdict(cfg), seed=seed, metrics=metrics,
-                           wall_time=wall, extra=extra, root=args.out, name=name)
-        print(f"wrote {path}")
-    show = {k: round(v, 4) for k, v in metrics.items() if k.split("@")[0] in ("hit", "ndcg") and "valid" not in k}
-    print(f"{name}: best epoch {res['best_epoch']}, test {show}, {wall:.0f}s")
-    return res
+def table_ablations(runner) -> str:
+    """MCLRec and its ablations (w/o L_cl2, w/o R, phi1 = phi2; w/o L_cl1 only when lam > 0)."""
+    names = ["none", "no_cl2", "no_reg", "shared"] + (["no_cl1"] if runner.base.lam > 0 else [])
+    rows = {("MCLRec" if a == "none" else f"MCLRec {a}"): run_model(runner, "mclrec", a)[0] for a in names}
+    return runner.table("ablations", rows, COLUMNS, improvement=("MCLRec", "MCLRec no_cl2"),
+                        title="MCLRec ablations")
 
 
-def table(args) -> str:
-    recs = load_results(EXPERIMENT, args.dataset, root=args.out)
-    if not recs:
-        raise SystemExit(f"no results under {args.out}/{EXPERIMENT}/{args.dataset}")
-    groups: dict[str, list] = {}
-    for r in recs:
-        groups.setdefault(r["name"].rsplit("_seed", 1)[0], []).append(r["metrics"])
-    cols = [f"{m}@{k}" for m in ("hit", "ndcg") for k in (5, 10, 20)]
-    return format_table({g: v for g, v in sorted(groups.items())}, columns=cols)
+def _renamed(recs: list) -> list:
+    names = {f"{m}@{k}": f"{'HR' if m == 'hit' else 'NDCG'}@{k}" for m in ("hit", "ndcg") for k in (5, 10, 20)}
+    return [{"metrics": {"test": {names[k]: v for k, v in r["metrics"]["test"].items() if k in names}}}
+            for r in recs]
+
+
+def table_reduced(runner) -> str:
+    """RESULTS.md's reduced Beauty table: SASRec and MCLRec after 1 epoch (seed 0), and the paper's rows."""
+    rows = {f"{NAMES[m]} (ours, reduced)": _renamed(runner.seeds(*configure(runner, m, epochs=1)))
+            for m in ("sasrec", "mclrec")}
+    rows.update({k: [{"metrics": {"test": v}}] for k, v in PAPER_BEAUTY.items()})
+    cols = [f"{m}@{k}" for m in ("HR", "NDCG") for k in (5, 10, 20)]
+    return runner.table("reduced", rows, cols, row_header="model (1 epoch of 100, seed 0)",
+                        title="SASRec / MCLRec after 1 epoch and the paper's numbers")
+
+
+def table_speed(runner) -> str:
+    """RESULTS.md's CPU step-time table from the stored ``<out>/mclrec/bench_cpu/step_times.json``."""
+    rec = json.loads((Path(runner.args.out) / "mclrec" / "bench_cpu" / "step_times.json").read_text())
+    lo, hi = rec["extra"]["authors_s_per_batch"]
+    steps = {r["variant"]: r for r in rec["extra"]["steps"]}
+    lines = ["| variant | passes / batch | median wall s / batch | median CPU s / batch | vs authors' 2.3-2.7 s |",
+             "|---|---|---|---|---|"]
+    for i, (key, name, passes) in enumerate(SPEED_ROWS):
+        r = steps[key]
+        wall, ratio = f"{r['median_step_s']:.2f}", f"{r['median_step_s'] / hi:.2f}-{r['median_step_s'] / lo:.2f}x"
+        if i == 0:  # the like-for-like comparison with the authors' three-pass step
+            wall, ratio = f"**{wall}**", f"**{ratio}**"
+        lines.append(f"| {name} | {passes} | {wall} | {r['median_cpu_s']:.2f} | {ratio} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    return text
+
+
+SPEC = cli.Spec(name="mclrec", config=MCLRecConfig, method="jaxrec.methods.mclrec",
+                description=__doc__.splitlines()[0],
+                datasets=("synthetic", "Amazon_Beauty", "Amazon_Sports_and_Outdoors", "Amazon_Toys_and_Games", "Yelp"),
+                metric="ndcg@10", tables={"main": table_main, "models": table_models, "ablations": table_ablations,
+                                          "reduced": table_reduced, "speed": table_speed},
+                tuned=TUNED, quick=QUICK, seeds=1, add_flags=add_flags, check=config_problem)
 
 
 def main(argv=None):
-    args = parse(argv)
-    live_output()
-    if args.table:
-        print(table(args))
-        return
-    seqs = load(args)
-    data = M.prepare_data(seqs, max_len=args.max_len if not args.quick else 20)
-    if args.quick:
-        args.max_len = 20
-    print(f"{args.dataset}: {len(data['valid_target'])} users, {data['n_items']} items, "
-          f"{len(data['train_target'])} training instances", flush=True)
-    lam = None
-    if args.tune_lam:
-        if args.model != "cl4srec":
-            raise SystemExit("--tune-lam applies to --model cl4srec")
-        scores = {}
-        for g in LAMBDA_GRID:
-            res = run_one(args, config_for(args, g), data, 0, run_name(args, 0, g))
-            scores[g] = res["valid"]["ndcg@10"]
-        lam = max(scores, key=scores.get)
-        print(f"tuned lam on validation NDCG@10 (seed 0): {scores} -> lam = {lam}")
-    runs = []
-    for seed in seed_list(args):
-        cfg = config_for(args, lam)
-        runs.append(run_one(args, cfg, data, seed, run_name(args, seed, lam))["test"])
-    if len(runs) > 1:
-        ms = mean_std(runs)
-        print({k: f"{m:.4f} ± {s:.4f}" for k, (m, s) in ms.items() if "@" in k})
+    inv = cli.parse(SPEC, argv)  # no JAX yet: refuse flags the chosen table would not use (exit 2)
+    a, error = inv.args, cli.build_parser(SPEC).error
+    if a.table != "main" and (a.model or a.ablation):
+        error(f"--model / --ablation choose the model of --table main; --table {a.table} runs its own models")
+    if a.ablation not in (None, "none") and (a.model or "mclrec") not in ("mclrec", "mclrec_j"):
+        error(f"--ablation {a.ablation} only applies to --model mclrec / mclrec_j, not {a.model}")
+    several = sorted(inv.grid[0]) if len(inv.grid) > 1 else []
+    if several and a.table != "main" and not (a.table == "models" and several == ["lam"]):
+        error(f"several values of {', '.join('--' + k.replace('_', '-') for k in several)}: --table {a.table} "
+              "takes one value per flag (a grid is for --table main, and --lam for --table models)")
+    return cli.main(SPEC, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -8,21 +8,29 @@ Notation (per batch of ``B`` left-padded input sequences ``S`` with next-item ta
   operators among crop / mask / reorder, drawn per sequence on device);
 - learnable augmenters ``z1 = w_phi1(h1)``, ``z2 = w_phi2(h2)`` (:class:`Augmenter`, MLP d-32-16-d, GELU);
 - ``L_cl1 = L_con(h1, h2)``, ``L_cl2 = L_con(z1, z2) + L_con(h1, z2) + L_con(h2, z1)`` with
-  :func:`nt_xent`; ``R = R(h1, z2) + R(h2, z1) + R(z1, z2)`` with :func:`contrastive_regularizer`;
-- stage 1 (theta, phi frozen): ``L0 = L_rec + lam L_cl1 + beta (L_cl2 + 0.1 R)``;
-- stage 2 (phi, theta frozen, views re-encoded with the updated theta): ``L_phi = L_cl2 + 0.1 R``;
-- optional (``repeat_stage1``): stage 1 once more on the same batch, as the authors' code does.
+  :func:`nt_xent`; ``R = R(h1, z2) + R(h2, z1) + R(z1, z2)`` with :func:`contrastive_regularizer`.
+
+Algorithm (one batch; ``bl.alternating(L0, bl.direct(L_phi), Adam, Adam)``)::
+
+    views  <- two_views(S)                                       # on device, per-row operators
+    stage 1 (theta, phi frozen):  L0 = L_rec + lam L_cl1 + beta (L_cl2 + 0.1 R)
+                                  theta <- Adam(lr) step on grad_theta L0
+    stage 2 (phi, theta frozen):  h1, h2 <- stop_gradient(f_theta_new(views))   # re-encoded, new theta
+                                  L_phi = L_cl2 + 0.1 R;   phi <- Adam(lr) step on grad_phi L_phi
+    optional (repeat_stage1):     stage 1 once more on the same batch, as the authors' code does
 
 ``MCLRec-J`` (``joint=True``) takes one Adam step on ``L0`` w.r.t. ``(theta, phi)`` together.
-``CL4SRec`` is ``beta = 0`` (no augmenters), ``SASRec`` is ``lam = beta = 0`` (no views at all).
-The whole per-batch update (augmentation, stage 1, stage 2, optional repeat) is ONE jitted function
-``step(state, batch, key) -> (state, aux)``.
+``CL4SRec`` is ``beta = 0`` (no augmenters: stage 1 alone), ``SASRec`` is ``lam = beta = 0`` (no views).
+The whole per-batch update (augmentation, stage 1, stage 2, optional repeat) is one pure function
+``step(state, batch, key) -> (state, aux)`` over a :class:`jaxrec.bilevel.BilevelState` (``theta`` = the
+encoder, ``lam`` = ``phi`` = the augmenters), scanned over the epoch by :func:`jaxrec.method.train`.
+
+Protocol: leave-one-out (:func:`prepare_data`), full ranking over all items without history exclusion
+(:func:`evaluate`), HR / NDCG / MRR @ {5, 10, 20}, model selection on validation NDCG@10.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
-import time
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -32,95 +40,25 @@ import numpy as np
 import optax
 
 from jaxrec import augment
+from jaxrec import bilevel as bl
+from jaxrec.configs.mclrec import ABLATIONS, PRESETS, MCLRecConfig, config_problem, preset
+from jaxrec.data import leave_one_out, load_sequences, pad_sequences, prefix_instances, synthetic
 from jaxrec.losses import softmax_cross_entropy
+from jaxrec.method import Method
+from jaxrec.metrics import rank_of_target, ranks_to_metrics
 from jaxrec.models.sasrec import SASRec, SASRecConfig, encode_ragged, item_embeddings, trim_batch
 
 __all__ = [
-    "MCLRecConfig", "preset", "ABLATIONS", "Augmenter", "nt_xent", "contrastive_regularizer",
-    "TrainState", "Model", "build", "init_state", "make_stages", "make_step", "make_eval", "losses_stage1",
-    "prepare_data", "evaluate", "train",
+    "MCLRecConfig", "PRESETS", "ABLATIONS", "preset", "DATA_FIELDS", "SYNTHETIC", "load", "method",
+    "Augmenter", "nt_xent", "contrastive_regularizer", "Model", "build", "init_state", "make_parts",
+    "make_step", "make_eval", "losses_stage1", "prepare_data", "epoch_batches", "evaluate",
 ]
 
-
-# --------------------------------------------------------------------------------------------- config
-@dataclasses.dataclass(frozen=True)
-class MCLRecConfig:
-    """All hyper-parameters; defaults are MCLRec on Beauty (lam = 0, beta = 0.05)."""
-
-    max_len: int = 50
-    hidden: int = 64
-    n_blocks: int = 2
-    n_heads: int = 2
-    ff: int = 256
-    dropout: float = 0.5
-    attn_dropout: float = 0.5
-    aug_hidden: tuple = (32, 16)
-    crop_ratio: float = 0.5
-    mask_ratio: float = 0.5
-    reorder_ratio: float = 0.8
-    lam: float = 0.0            # weight of L_cl1
-    beta: float = 0.05          # weight of (L_cl2 + reg_weight R)
-    reg_weight: float = 0.1     # weight of R inside the meta term (gamma = reg_weight * beta overall)
-    temperature: float = 1.0
-    use_cl2: bool = True        # ablation "w/o L_cl2": False
-    use_reg: bool = True        # ablation "w/o R": False
-    shared_augmenter: bool = False  # ablation "phi1 = phi2"
-    joint: bool = False         # MCLRec-J: one joint step on all parameters
-    repeat_stage1: bool = False  # authors' code: stage 1 again after stage 2 on the same batch
-    lr: float = 1e-3
-    batch_size: int = 256
-    epochs: int = 100
-    patience: int = 10
-    select_metric: str = "ndcg@10"
-    eval_block: int = 1024
-    # Cost-only option: encode the longest ``ragged_long_frac`` of the rows at full width and the rest at
-    # width ``ragged_width`` (exact, see jaxrec.models.sasrec.encode_ragged); 0 disables.
-    ragged_width: int = 16
-    ragged_long_frac: float = 0.25
-
-    @property
-    def uses_views(self) -> bool:
-        return self.lam > 0 or self.beta > 0
-
-    @property
-    def uses_augmenters(self) -> bool:
-        return self.beta > 0
-
-    def encoder_config(self, n_items: int) -> SASRecConfig:
-        return SASRecConfig(n_items=n_items, max_len=self.max_len, hidden=self.hidden,
-                            n_blocks=self.n_blocks, n_heads=self.n_heads, ff=self.ff,
-                            dropout=self.dropout, attn_dropout=self.attn_dropout)
-
-
-ABLATIONS = {
-    "none": {},
-    "no_cl1": {"lam": 0.0},
-    "no_cl2": {"use_cl2": False},
-    "no_reg": {"use_reg": False},
-    "shared": {"shared_augmenter": True},
-}
-
-
-def preset(model: str, ablation: str = "none", **overrides) -> MCLRecConfig:
-    """Config of ``model`` in ``sasrec | cl4srec | mclrec | mclrec_j`` with an ablation and overrides.
-
-    ``sasrec``: ``lam = beta = 0``; ``cl4srec``: ``lam = 0.1, beta = 0`` (tune lam in {0.05, 0.1, 0.2});
-    ``mclrec``: ``lam = 0, beta = 0.05`` (Beauty), two-stage; ``mclrec_j``: same losses, joint step.
-    """
-    base = {
-        "sasrec": {"lam": 0.0, "beta": 0.0},
-        "cl4srec": {"lam": 0.1, "beta": 0.0},
-        "mclrec": {"lam": 0.0, "beta": 0.05},
-        "mclrec_j": {"lam": 0.0, "beta": 0.05, "joint": True},
-    }
-    if model not in base:
-        raise ValueError(f"unknown model {model!r}; choose one of {sorted(base)}")
-    if ablation not in ABLATIONS:
-        raise ValueError(f"unknown ablation {ablation!r}; choose one of {sorted(ABLATIONS)}")
-    if ablation != "none" and model not in ("mclrec", "mclrec_j"):
-        raise ValueError(f"ablation {ablation!r} only applies to mclrec / mclrec_j, not {model!r}")
-    kw = {**base[model], **ABLATIONS[ablation], **overrides}
-    return MCLRecConfig(**kw)
+DATA_FIELDS = ("max_len",)
+# The synthetic default: a cluster Markov chain with a learnable successor rule (offline).
+SYNTHETIC = dict(n_users=1000, n_items=500, n_clusters=10, mean_len=15, min_len=5, max_len=40, p_follow=0.6,
+                 seed=0)
+KS = (5, 10, 20)
 
 
 # --------------------------------------------------------------------------------------------- parts
@@ -188,7 +126,7 @@ def contrastive_regularizer(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
     return r_pos + r_neg
 
 
-# --------------------------------------------------------------------------------------------- state
+# --------------------------------------------------------------------------------------------- model
 class Model(NamedTuple):
     """The Flax modules and optimiser of one configuration (static, not a pytree of arrays)."""
 
@@ -198,48 +136,21 @@ class Model(NamedTuple):
     opt: optax.GradientTransformation
 
 
-class TrainState(NamedTuple):
-    """Parameters and optimiser states. ``phi`` = ``{"aug1", "aug2"}`` (or ``{"aug"}`` when shared,
-    ``{}`` without augmenters). Adam is elementwise, so two Adam states with the same settings equal
-    one Adam over ``(theta, phi)``; MCLRec-J uses both in one joint update."""
-
-    theta: Any
-    phi: Any
-    opt_theta: Any
-    opt_phi: Any
-    step: jnp.ndarray
+def encoder_config(c: MCLRecConfig, n_items: int) -> SASRecConfig:
+    return SASRecConfig(n_items=n_items, max_len=c.max_len, hidden=c.hidden, n_blocks=c.n_blocks,
+                        n_heads=c.n_heads, ff=c.ff, dropout=c.dropout, attn_dropout=c.attn_dropout)
 
 
 @functools.lru_cache(maxsize=64)
 def build(config: MCLRecConfig, n_items: int, param_dtype=jnp.float32) -> Model:
-    """Modules for ``n_items`` real items (ids ``1..n_items``, 0 = padding).
-
-    Cached on ``(config, n_items, param_dtype)``, and :func:`make_step` / :func:`make_eval` are cached
-    on the model, so several seeds or runs of one configuration share one compilation.
-    """
-    enc = SASRec(config.encoder_config(n_items), param_dtype=param_dtype)
+    """Modules for ``n_items`` real items (ids ``1..n_items``, 0 = padding); cached on its arguments, and
+    :func:`make_step` / :func:`make_eval` are cached on the model (shared compilations)."""
+    problem = config_problem(config)
+    if problem:
+        raise ValueError(problem)
+    enc = SASRec(encoder_config(config, n_items), param_dtype=param_dtype)
     aug = Augmenter(tuple(config.aug_hidden), config.hidden, param_dtype=param_dtype)
     return Model(config, enc, aug, optax.adam(config.lr))
-
-
-def init_state(model: Model, key) -> TrainState:
-    """Initial parameters (encoder ``normal(0, 0.02)``) and Adam states (built under ``jax.jit``)."""
-    c = model.config
-
-    def init(key):
-        k_enc, k1, k2 = jax.random.split(key, 3)
-        dummy = jnp.zeros((1, c.max_len), dtype=jnp.int32)
-        theta = model.encoder.init(k_enc, dummy)["params"]
-        h = jnp.zeros((1, c.hidden), dtype=jax.tree.leaves(theta)[0].dtype)
-        if not c.uses_augmenters:
-            phi = {}
-        elif c.shared_augmenter:
-            phi = {"aug": model.augmenter.init(k1, h)["params"]}
-        else:
-            phi = {"aug1": model.augmenter.init(k1, h)["params"], "aug2": model.augmenter.init(k2, h)["params"]}
-        return TrainState(theta, phi, model.opt.init(theta), model.opt.init(phi), jnp.zeros((), jnp.int32))
-
-    return jax.jit(init)(key)
 
 
 def encode_train(model: Model, theta, x, key):
@@ -259,11 +170,10 @@ def _phis(phi):
 
 def meta_terms(model: Model, phi, h1, h2):
     """``(L_cl2, R)`` from the views ``h1, h2`` through the augmenters ``z_i = w_phi_i(h_i)``."""
-    c = model.config
+    t = model.config.temperature
     p1, p2 = _phis(phi)
     z1 = model.augmenter.apply({"params": p1}, h1)
     z2 = model.augmenter.apply({"params": p2}, h2)
-    t = c.temperature
     cl2 = nt_xent(z1, z2, t) + nt_xent(h1, z2, t) + nt_xent(h2, z1, t)
     reg = contrastive_regularizer(h1, z2) + contrastive_regularizer(h2, z1) + contrastive_regularizer(z1, z2)
     return cl2, reg
@@ -281,14 +191,13 @@ def meta_objective(model: Model, cl2, reg):
 
 
 def losses_stage1(model: Model, theta, phi, batch, views, key):
-    """``L0`` and its parts. Encodes ``[S; aug1(S); aug2(S)]`` in one call (dropout on)."""
+    """``(L0, parts)``. Encodes ``[S; aug1(S); aug2(S)]`` in one call (dropout on)."""
     c = model.config
     seq, target = batch["seq"], batch["target"]
     b = seq.shape[0]
     x = jnp.concatenate([seq, views[0], views[1]], axis=0) if c.uses_views else seq
     hs = encode_train(model, theta, x, key)
-    h = hs[:b]
-    logits = h @ item_embeddings(theta)[1:].T
+    logits = hs[:b] @ item_embeddings(theta)[1:].T
     l_rec = softmax_cross_entropy(logits, target - 1)
     zero = jnp.zeros_like(l_rec)
     aux = {"l_rec": l_rec, "l_cl1": zero, "l_cl2": zero, "reg": zero}
@@ -305,74 +214,83 @@ def losses_stage1(model: Model, theta, phi, batch, views, key):
     return loss, aux
 
 
-def make_stages(model: Model):
-    """``(stage1, stage2)``, pure and unjitted, each ``(state, batch, views, key) -> (state, aux)``.
+def init_state(model: Model, key) -> bl.BilevelState:
+    """``BilevelState(theta = encoder (normal(0, 0.02)), lam = phi = {"aug1", "aug2"} | {"aug"} | {}, two
+    Adam states)``, built under ``jax.jit``."""
+    c = model.config
 
-    ``stage1`` takes one Adam step on theta for ``L0`` (``phi`` is read but never updated);
-    ``stage2`` encodes ``views`` with the current theta (dropout on, ``stop_gradient``) and takes one
-    Adam step on phi for ``use_cl2 L_cl2 + use_reg 0.1 R`` (theta and its optimiser state untouched).
-    """
-    opt = model.opt
+    def init(key):
+        k_enc, k1, k2 = jax.random.split(key, 3)
+        theta = model.encoder.init(k_enc, jnp.zeros((1, c.max_len), dtype=jnp.int32))["params"]
+        h = jnp.zeros((1, c.hidden), dtype=jax.tree.leaves(theta)[0].dtype)
+        if not c.uses_augmenters:
+            phi = {}
+        elif c.shared_augmenter:
+            phi = {"aug": model.augmenter.init(k1, h)["params"]}
+        else:
+            phi = {"aug1": model.augmenter.init(k1, h)["params"], "aug2": model.augmenter.init(k2, h)["params"]}
+        return make_parts(model).init(theta, phi)
 
-    def stage1(state, batch, views, key):
-        (loss, aux), g = jax.value_and_grad(
-            lambda th: losses_stage1(model, th, state.phi, batch, views, key), has_aux=True)(state.theta)
-        upd, ot = opt.update(g, state.opt_theta, state.theta)
-        return state._replace(theta=optax.apply_updates(state.theta, upd), opt_theta=ot), aux
+    return jax.jit(init)(key)
 
-    def stage2(state, batch, views, key):
-        b = batch["seq"].shape[0]
-        hs = jax.lax.stop_gradient(encode_train(model, state.theta, jnp.concatenate(views, axis=0), key))
-        h1, h2 = hs[:b], hs[b:]
 
-        def phi_loss(phi):
-            cl2, reg = meta_terms(model, phi, h1, h2)
-            return meta_objective(model, cl2, reg)
+@functools.lru_cache(maxsize=64)
+def make_parts(model: Model) -> bl.AlternatingStep:
+    """The two stages as ``bl.alternating(L0, bl.direct(L_phi), Adam, Adam, has_aux=True)``.
 
-        lp, g = jax.value_and_grad(phi_loss)(state.phi)
-        upd, op = opt.update(g, state.opt_phi, state.phi)
-        return state._replace(phi=optax.apply_updates(state.phi, upd), opt_phi=op), lp
+    ``inner`` is stage 1 on ``inner_batch = {"seq", "target", "views", "key"}`` (one Adam step on theta
+    for ``L0``; phi read, never updated). ``outer`` is stage 2 on ``outer_batch = {"views", "key"}``: the
+    views re-encoded with the current theta (dropout on, ``stop_gradient``), one Adam step on phi for
+    ``use_cl2 L_cl2 + use_reg 0.1 R`` (theta and its optimiser state untouched)."""
 
-    return stage1, stage2
+    def inner_loss(theta, phi, batch):
+        return losses_stage1(model, theta, phi, batch, batch["views"], batch["key"])
+
+    def phi_loss(theta, phi, batch):
+        v1, v2 = batch["views"]
+        hs = jax.lax.stop_gradient(encode_train(model, theta, jnp.concatenate([v1, v2], axis=0), batch["key"]))
+        b = v1.shape[0]
+        return meta_objective(model, *meta_terms(model, phi, hs[:b], hs[b:]))
+
+    return bl.alternating(inner_loss, bl.direct(phi_loss), model.opt, model.opt, has_aux=True)
 
 
 @functools.lru_cache(maxsize=64)
 def make_step(model: Model, jit: bool = True):
-    """The whole per-batch update as one pure function ``step(state, batch, key) -> (state, aux)``.
+    """The whole per-batch update ``step(state, batch, key) -> (state, aux)`` (see the module docstring).
 
-    ``batch = {"seq": int[B, L] (left-padded), "target": int[B] (1..n_items)}``. Two-stage mode:
-    stage 1 updates theta on ``L0`` (phi frozen), stage 2 re-encodes the same views with the new theta
-    and updates phi on ``L_cl2 + 0.1 R`` (theta frozen, ``stop_gradient``), then optionally stage 1
-    again (same views, fresh dropout). Joint mode: one update of ``(theta, phi)`` on ``L0``. The views
-    are drawn on device from ``key``; the returned function is ``jax.jit``-ed whole unless ``jit=False``.
+    ``batch = {"seq": int[B, L] (left-padded), "target": int[B] (1..n_items)}``; ``key`` splits into the
+    views' key and one dropout key per pass. Two-stage mode: ``parts.update`` (stage 1 then stage 2 at
+    the new theta), then optionally ``parts.inner`` again (same views, fresh dropout). Joint mode: one
+    Adam step of ``(theta, phi)`` on ``L0``. ``aux``: ``loss, l_rec, l_cl1, l_cl2, reg, phi_loss``.
     """
     c = model.config
-    opt = model.opt
-    stage1, stage2 = make_stages(model)
+    parts = make_parts(model)
+    vg_joint = jax.value_and_grad(lambda th, ph, b: losses_stage1(model, th, ph, b, b["views"], b["key"]),
+                                  argnums=(0, 1), has_aux=True)
 
-    def step(state: TrainState, batch, key):
+    def step(state: bl.BilevelState, batch, key):
         k_aug, k1, k2, k3 = jax.random.split(key, 4)
-        views = None
-        if c.uses_views:
-            views = augment.two_views(k_aug, batch["seq"], c.crop_ratio, c.mask_ratio, c.reorder_ratio)
+        views = augment.two_views(k_aug, batch["seq"], c.crop_ratio, c.mask_ratio, c.reorder_ratio) \
+            if c.uses_views else None
+        inner_batch = {"seq": batch["seq"], "target": batch["target"], "views": views, "key": k1}
         if c.joint:
-            (loss, aux), (gt, gp) = jax.value_and_grad(
-                lambda th, ph: losses_stage1(model, th, ph, batch, views, k1), argnums=(0, 1), has_aux=True
-            )(state.theta, state.phi)
-            ut, ot = opt.update(gt, state.opt_theta, state.theta)
-            up, op = opt.update(gp, state.opt_phi, state.phi)
-            state = state._replace(theta=optax.apply_updates(state.theta, ut), opt_theta=ot,
-                                   phi=optax.apply_updates(state.phi, up), opt_phi=op)
-            aux = dict(aux, phi_loss=jnp.zeros_like(loss))
-        else:
-            state, aux = stage1(state, batch, views, k1)
-            aux = dict(aux, phi_loss=jnp.zeros_like(aux["loss"]))
-            if c.uses_augmenters:
-                state, aux["phi_loss"] = stage2(state, batch, views, k2)
-                if c.repeat_stage1:
-                    state, aux1 = stage1(state, batch, views, k3)
-                    aux = dict(aux1, phi_loss=aux["phi_loss"])
-        return state._replace(step=state.step + 1), aux
+            (_, aux), (gt, gp) = vg_joint(state.theta, state.lam, inner_batch)
+            ut, inner_opt = model.opt.update(gt, state.inner_opt, state.theta)
+            up, outer_opt = model.opt.update(gp, state.outer_opt, state.lam)
+            state = state._replace(theta=optax.apply_updates(state.theta, ut), inner_opt=inner_opt,
+                                   lam=optax.apply_updates(state.lam, up), outer_opt=outer_opt,
+                                   step=state.step + 1)
+            phi_loss = jnp.zeros_like(aux["loss"])
+        elif c.uses_augmenters:
+            state, out = parts.update(state, inner_batch, {"views": views, "key": k2})
+            aux, phi_loss = {k: out[k] for k in ("loss", "l_rec", "l_cl1", "l_cl2", "reg")}, out["outer"]
+            if c.repeat_stage1:
+                state, _, aux = parts.inner(state, dict(inner_batch, key=k3))
+        else:  # CL4SRec / SASRec: stage 1 alone (no augmenters to update)
+            state, _, aux = parts.inner(state, inner_batch)
+            state, phi_loss = state._replace(step=state.step + 1), jnp.zeros_like(aux["loss"])
+        return state, dict(aux, phi_loss=phi_loss)
 
     return jax.jit(step) if jit else step
 
@@ -382,18 +300,16 @@ def make_step(model: Model, jit: bool = True):
 def make_eval(model: Model):
     """Jitted ``ranks(theta, seq[B, L], target[B]) -> int[B]``: 0-based rank of each target among all
     ``n_items`` items under ``h E[1:]^T`` (no history exclusion; ties: lower id first)."""
-    from jaxrec.metrics import rank_of_target
 
     @jax.jit
     def ranks(theta, seq, target):
         h = model.encoder.apply({"params": theta}, seq, deterministic=True)
-        scores = h @ item_embeddings(theta)[1:].T
-        return rank_of_target(scores, target - 1)
+        return rank_of_target(h @ item_embeddings(theta)[1:].T, target - 1)
 
     return ranks
 
 
-def evaluate(model: Model, theta, seq: np.ndarray, target: np.ndarray, ks=(5, 10, 20), ranks_fn=None,
+def evaluate(model: Model, theta, seq: np.ndarray, target: np.ndarray, ks=KS, ranks_fn=None,
              block: int | None = None) -> dict:
     """Full-ranking HR@K / NDCG@K / MRR@K of single targets (``jaxrec.metrics.ranks_to_metrics``).
 
@@ -401,16 +317,13 @@ def evaluate(model: Model, theta, seq: np.ndarray, target: np.ndarray, ks=(5, 10
     rank ``r`` of the target among all ``n_items`` scores ``h E[1:]^T`` (history items NOT excluded)
     gives ``HR@K = 1[r < K]``, ``NDCG@K = 1[r < K] / log2(r + 2)``, ``MRR@K = 1[r < K] / (r + 1)``,
     averaged over users. Users are scored in fixed-size blocks (the last one padded) in order of history
-    length, each block trimmed to a bucketed width (exact; at most four compilations).
+    extent, each block trimmed to a bucketed width (exact; widths 8/16/32/max_len, at most four
+    compilations).
     """
-    from jaxrec.metrics import ranks_to_metrics
-
     ranks_fn = ranks_fn or make_eval(model)
     block = int(block or model.config.eval_block)
     seq, target = np.asarray(seq), np.asarray(target)
     n = len(target)
-    # Users sorted by history extent so that each block can drop its all-padding leading columns
-    # (exact; widths bucketed to 8/16/32/max_len, so at most four compilations).
     nz = seq != 0
     ext = np.where(nz.any(1), seq.shape[1] - nz.argmax(1), 0)
     order = np.argsort(ext, kind="stable")
@@ -425,7 +338,7 @@ def evaluate(model: Model, theta, seq: np.ndarray, target: np.ndarray, ks=(5, 10
     return ranks_to_metrics(out, ks)
 
 
-# --------------------------------------------------------------------------------------------- data / train
+# --------------------------------------------------------------------------------------------- data / method
 def prepare_data(seqs, max_len: int = 50) -> dict:
     """Leave-one-out arrays for sequences (a ``jaxrec.data.Sequences``).
 
@@ -433,8 +346,6 @@ def prepare_data(seqs, max_len: int = 50) -> dict:
     the last ``max_len`` items, left-padded); validation = history ``seq[:-2]`` -> ``seq[-2]``; test =
     history ``seq[:-1]`` -> ``seq[-1]``. Returns numpy arrays and ``n_items``.
     """
-    from jaxrec.data import leave_one_out, pad_sequences, prefix_instances
-
     split = leave_one_out(seqs)
     x, y, _ = prefix_instances(split.train, max_len)
     return {
@@ -445,60 +356,46 @@ def prepare_data(seqs, max_len: int = 50) -> dict:
     }
 
 
-def train(config: MCLRecConfig, data: dict, seed: int = 0, *, ckpt_dir=None, log=print,
-          max_batches: int | None = None, eval_users: int | None = None, ks=(5, 10, 20)) -> dict:
-    """Train with early stopping on validation ``config.select_metric`` and evaluate the best state.
+def load(config: MCLRecConfig, dataset: str, data_dir, seed: int) -> dict:
+    """:func:`prepare_data` of ``dataset`` (``synthetic``: :data:`SYNTHETIC`) at ``config.max_len``; the
+    leave-one-out split does not depend on ``seed``."""
+    seqs = synthetic.sequences(**SYNTHETIC) if dataset == "synthetic" else load_sequences(dataset, data_dir)
+    return prepare_data(seqs, max_len=config.max_len)
 
-    ``data`` comes from :func:`prepare_data`. Batches of ``config.batch_size`` (last short batch dropped,
-    so the step compiles once) are drawn with ``numpy.random.default_rng((seed, epoch))`` and step keys
-    are ``fold_in(fold_in(PRNGKey(seed), epoch), batch)``, so a run resumed from ``ckpt_dir`` (via
-    ``jaxrec.train.fit``) repeats the uninterrupted one. ``max_batches`` caps batches per epoch and
-    ``eval_users`` evaluates on the first users only (both for smoke tests).
 
-    Returns ``{"valid": metrics of the best epoch, "test": test metrics of the best state,
-    "history": per-epoch records, "best_epoch", "train_time_s", "eval_time_s"}``.
-    """
-    from jaxrec.data import batch_iterator
-    from jaxrec.train import fit
+def epoch_batches(data: dict, seed: int, epoch: int, batch_size: int, max_batches: int = 0) -> dict:
+    """One epoch's batches ``{"seq": [n, B, L], "target": [n, B], "key": [n, 2]}``: the training instances
+    in the order of ``numpy.random.default_rng((seed, epoch)).permutation``, the last short batch
+    dropped (and at most ``max_batches`` batches when > 0). ``key[i] = fold_in(fold_in(PRNGKey(seed),
+    epoch), i)`` is batch ``i``'s step key, the stream every stored MCLRec result was trained with
+    (resume-safe: a function of ``(seed, epoch)`` only)."""
+    n = len(data["train_target"])
+    bs = min(batch_size, n)
+    perm = np.random.default_rng((seed, epoch)).permutation(n)
+    n_b = n // bs if max_batches <= 0 else min(n // bs, max_batches)
+    idx = perm[:n_b * bs].reshape(n_b, bs)
+    ekey = jax.random.fold_in(jax.random.PRNGKey(seed), epoch)
+    keys = jax.vmap(lambda i: jax.random.fold_in(ekey, i))(jnp.arange(n_b))
+    return {"seq": jnp.asarray(data["train_seq"][idx]), "target": jnp.asarray(data["train_target"][idx]),
+            "key": keys}
 
-    c = config
-    model = build(c, data["n_items"])
-    base_key = jax.random.PRNGKey(seed)
-    state = init_state(model, jax.random.fold_in(base_key, 10**6))
-    step = make_step(model)
+
+def method(config: MCLRecConfig, data: dict) -> Method:
+    """MCLRec / MCLRec-J / CL4SRec / SASRec (by ``config``) on ``data`` (from :func:`load`).
+
+    ``init(PRNGKey(seed))`` draws the parameters from ``fold_in(PRNGKey(seed), 10**6)`` and ``step`` uses
+    the key each batch carries (:func:`epoch_batches`), not the runner's per-step key: both are the
+    streams of the stored runs, which the port reproduces exactly."""
+    model = build(config, data["n_items"])
+    step = make_step(model, jit=False)
     ranks_fn = make_eval(model)
-    n_eval = len(data["valid_target"]) if eval_users is None else int(eval_users)
-    arrays = {"seq": data["train_seq"], "target": data["train_target"]}
-    bs = min(c.batch_size, len(data["train_target"]))
+    parts = {"val": ("valid_seq", "valid_target"), "test": ("test_seq", "test_target")}
 
-    def epoch_fn(state, epoch):
-        rng = np.random.default_rng((seed, epoch))
-        ekey = jax.random.fold_in(base_key, epoch)
-        auxes = []
-        for i, batch in enumerate(batch_iterator(arrays, bs, rng, shuffle=True, drop_last=True)):
-            if max_batches is not None and i >= max_batches:
-                break
-            state, aux = step(state, batch, jax.random.fold_in(ekey, i))
-            auxes.append(aux)
-        logs = jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)), *auxes)
-        return state, logs
+    def evaluate_part(state, part):
+        seq, target = parts[part]
+        return evaluate(model, state.theta, data[seq], data[target], KS, ranks_fn)
 
-    eval_times = []
-
-    def eval_fn(state):
-        t = time.perf_counter()
-        m = evaluate(model, state.theta, data["valid_seq"][:n_eval], data["valid_target"][:n_eval], ks,
-                     ranks_fn)
-        eval_times.append(time.perf_counter() - t)
-        return m
-
-    t0 = time.perf_counter()
-    best, history = fit(state, epoch_fn, eval_fn, epochs=c.epochs, patience=c.patience,
-                        metric=c.select_metric, ckpt_dir=ckpt_dir, log=log)
-    train_time = time.perf_counter() - t0
-    t = time.perf_counter()
-    test = evaluate(model, best.theta, data["test_seq"][:n_eval], data["test_target"][:n_eval], ks, ranks_fn)
-    return {"valid": history.best_metrics, "test": test, "history": list(history),
-            "best_epoch": history.best_epoch, "summary": history.summary(), "train_time_s": train_time,
-            "eval_time_s": float(np.median(eval_times)) if eval_times else None,
-            "test_eval_time_s": time.perf_counter() - t, "state": best}
+    return Method(init=lambda key: init_state(model, jax.random.fold_in(key, 10**6)),
+                  batches=lambda seed, epoch: epoch_batches(data, seed, epoch, config.batch_size, config.max_batches),
+                  step=lambda state, batch, key: step(state, batch, batch["key"]),
+                  evaluate=evaluate_part)
