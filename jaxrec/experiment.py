@@ -194,13 +194,13 @@ class Runner:
     # ---------------------------------------------------------------------------------------- tables
     def table(self, name: str, rows: Mapping[str, Sequence[dict]], columns: Sequence[str], *,
               part: str = "test", improvement: tuple[str, str] | None = None, grid: Sequence[dict] = (),
-              title: str | None = None, notes: Sequence[str] = ()) -> str:
+              title: str | None = None, notes: Sequence[str] = (), row_header: str = "model") -> str:
         """Markdown table of ``part`` metrics (mean ± std over seeds) of each row's records, with the grid and
         its failed points; printed, and with saving on written to ``<folder>/table_<name>.md`` + ``.png``."""
         metrics = {k: [r["metrics"][part] for r in recs] for k, recs in rows.items()}
         seeds = self.seed_list
         lines = [f"### {title or self.spec.name} on {self.dataset}: {part} metrics, mean ± std over seeds {seeds}",
-                 "", format_table(metrics, columns=columns, improvement=improvement), ""]
+                 "", format_table(metrics, columns=columns, improvement=improvement, row_header=row_header), ""]
         if grid:
             m = self.spec.metric
             lines.append(f"Grid on seed {seeds[0]}'s validation {m}:")
