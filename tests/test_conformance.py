@@ -19,6 +19,7 @@ from jaxrec import method as protocol
 # (id, experiment module, overrides of the --quick config)
 METHODS = [
     ("mf_bpr", "mf_bpr", {}),
+    ("mal", "mal", {"eval_every": 1}),
 ]
 EPOCHS = 3
 
