@@ -60,7 +60,7 @@ def direct(outer_loss: Callable) -> Callable:
 
 def alternating(inner_loss: Callable, hypergrad: Callable | None, inner_tx: optax.GradientTransformation,
                 outer_tx: optax.GradientTransformation | None = None, *, outer_loss: Callable | None = None,
-                has_aux: bool = False) -> AlternatingStep:
+                has_aux: bool = False, hypergrad_opt_state: bool = False) -> AlternatingStep:
     """Build the alternating step from ``inner_loss(theta, lam, batch)`` (``-> (loss, aux_dict)`` with
     ``has_aux``), a hypergradient ``hypergrad(theta, lam, inner_batch, outer_batch) -> (value, d_lam)`` (or
     ``None``: ``lam`` stays fixed) and the two optax transformations.
@@ -68,6 +68,8 @@ def alternating(inner_loss: Callable, hypergrad: Callable | None, inner_tx: opta
     One ``update``: ``g = grad_theta L_in(theta, lam)``, ``theta <- theta + inner_tx(g)``; then
     ``(v, d_lam) = hypergrad(theta_new, lam, inner_batch, outer_batch)``, ``lam <- lam + outer_tx(d_lam)``.
     Weight decay, clipping and schedules are optax combinators of ``inner_tx`` / ``outer_tx``.
+    ``hypergrad_opt_state=True``: ``hypergrad`` also takes the inner optimiser state as a fifth argument
+    (:func:`jaxrec.bilevel.optax_step`, a hypergradient through the inner optimiser's own next update).
     """
     if hypergrad is not None and outer_tx is None:
         raise ValueError("alternating: a hypergradient needs outer_tx (the optax transformation of lam)")
@@ -88,7 +90,8 @@ def alternating(inner_loss: Callable, hypergrad: Callable | None, inner_tx: opta
             value = (outer_loss(state.theta, state.lam, outer_batch) if outer_loss is not None
                      else jnp.zeros((), jnp.result_type(float)))
             return state, value
-        value, d_lam = hypergrad(state.theta, state.lam, inner_batch, outer_batch)
+        extra = (state.inner_opt,) if hypergrad_opt_state else ()
+        value, d_lam = hypergrad(state.theta, state.lam, inner_batch, outer_batch, *extra)
         upd, outer_opt = outer_tx.update(d_lam, state.outer_opt, state.lam)
         return state._replace(lam=optax.apply_updates(state.lam, upd), outer_opt=outer_opt), value
 
