@@ -1,4 +1,5 @@
-"""MCLRec / CL4SRec: augmentations, NT-Xent and R on hand cases, stage isolation, a short run learns."""
+"""MCLRec / CL4SRec: augmentations, NT-Xent and R on hand cases, stage isolation (the method's own
+bl.alternating parts), the epoch batches, a short run of the Method through jaxrec.method.train learns."""
 import functools
 import math
 
@@ -8,6 +9,9 @@ import numpy as np
 import pytest
 
 from jaxrec import augment as A
+from jaxrec import bilevel as bl
+from jaxrec import method as protocol
+from jaxrec.data import load_sequences, synthetic
 from jaxrec.methods import mclrec as M
 
 L = 12
@@ -162,8 +166,6 @@ TINY = dict(max_len=8, hidden=16, ff=32, n_blocks=1, batch_size=64, dropout=0.1,
 
 @functools.lru_cache(maxsize=None)
 def _data():
-    from jaxrec.data import synthetic
-
     s = synthetic.sequences(n_users=300, n_items=60, n_clusters=4, mean_len=10, min_len=4, max_len=14,
                             p_follow=0.8, seed=0)
     return M.prepare_data(s, max_len=8)
@@ -183,39 +185,69 @@ def _same(a, b):
     return all(bool(jnp.array_equal(x, y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+def _stages(model):
+    """Stage 1 / stage 2 of the method, jitted: ``parts.inner`` / ``parts.outer`` of its AlternatingStep."""
+    parts = M.make_parts(model)
+    stage1 = jax.jit(lambda st, b, v, k: parts.inner(st, {**b, "views": v, "key": k}))
+    stage2 = jax.jit(lambda st, v, k: parts.outer(st, None, {"views": v, "key": k}))
+    return stage1, stage2
+
+
 def test_stage2_does_not_touch_theta_and_stage1_not_phi():
     model, state, batch = _setup()
-    stage1, stage2 = (jax.jit(f) for f in M.make_stages(model))
+    assert isinstance(state, bl.BilevelState) and set(state.lam) == {"aug1", "aug2"}
+    stage1, stage2 = _stages(model)
     views = A.two_views(jax.random.PRNGKey(1), batch["seq"])
-    s1, _ = stage1(state, batch, views, jax.random.PRNGKey(2))
-    assert _same(s1.phi, state.phi) and _same(s1.opt_phi, state.opt_phi)
+    s1, _, _ = stage1(state, batch, views, jax.random.PRNGKey(2))
+    assert _same(s1.lam, state.lam) and _same(s1.outer_opt, state.outer_opt)
     assert not _same(s1.theta, state.theta)
-    s2, lp = stage2(s1, batch, views, jax.random.PRNGKey(3))
-    assert _same(s2.theta, s1.theta) and _same(s2.opt_theta, s1.opt_theta)
-    assert not _same(s2.phi, s1.phi) and np.isfinite(float(lp))
-    assert all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves((s2.theta, s2.phi)))
+    s2, lp = stage2(s1, views, jax.random.PRNGKey(3))
+    assert _same(s2.theta, s1.theta) and _same(s2.inner_opt, s1.inner_opt)
+    assert not _same(s2.lam, s1.lam) and np.isfinite(float(lp))
+    assert all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves((s2.theta, s2.lam)))
     # the freeze is not vacuous: L0 does depend on phi (beta > 0)
     l0 = jax.jit(lambda ph: M.losses_stage1(model, state.theta, ph, batch, views, jax.random.PRNGKey(2))[0])
-    assert float(l0(state.phi)) != float(l0(jax.tree.map(lambda x: 1.5 * x, state.phi)))
-    # the full jitted step is exactly stage 1 then stage 2 with the same views
+    assert float(l0(state.lam)) != float(l0(jax.tree.map(lambda x: 1.5 * x, state.lam)))
+    # the full jitted step is exactly stage 1 then stage 2 (at the NEW theta) with the same views
     key = jax.random.PRNGKey(9)
     k_aug, k1, k2, _ = jax.random.split(key, 4)
     v = A.two_views(k_aug, batch["seq"])
-    ref, _ = stage2(stage1(state, batch, v, k1)[0], batch, v, k2)
+    ref, _ = stage2(stage1(state, batch, v, k1)[0], v, k2)
     out, aux = M.make_step(model)(state, batch, key)
-    for x, y in zip(jax.tree.leaves((ref.theta, ref.phi)), jax.tree.leaves((out.theta, out.phi))):
+    for x, y in zip(jax.tree.leaves((ref.theta, ref.lam)), jax.tree.leaves((out.theta, out.lam))):
         np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-6)
-    assert set(aux) >= {"loss", "l_rec", "l_cl1", "l_cl2", "reg", "phi_loss"}
+    assert int(out.step) == 1 and set(aux) == {"loss", "l_rec", "l_cl1", "l_cl2", "reg", "phi_loss"}
+
+
+def test_stage2_gradient_is_that_of_the_phi_loss_at_the_new_theta():
+    """Stage 2's Adam step is driven by grad_phi (L_cl2 + 0.1 R) of the views encoded with stage 1's theta
+    (first Adam step: update = -lr * sign(g) where g != 0)."""
+    model, state, batch = _setup()
+    stage1, stage2 = _stages(model)
+    views = A.two_views(jax.random.PRNGKey(1), batch["seq"])
+    s1 = stage1(state, batch, views, jax.random.PRNGKey(2))[0]
+    s2, lp = stage2(s1, views, jax.random.PRNGKey(3))
+    h = M.encode_train(model, s1.theta, jnp.concatenate(views), jax.random.PRNGKey(3))
+
+    def phi_loss(phi):
+        return M.meta_objective(model, *M.meta_terms(model, phi, h[:64], h[64:]))
+
+    value, g = jax.value_and_grad(phi_loss)(s1.lam)
+    np.testing.assert_allclose(lp, value, rtol=1e-5)
+    step = jax.tree.map(lambda a, b: a - b, s2.lam, s1.lam)
+    for d, gg in zip(jax.tree.leaves(step), jax.tree.leaves(g)):
+        big = np.abs(np.asarray(gg)) > 1e-3
+        np.testing.assert_allclose(np.asarray(d)[big], -TINY["lr"] * np.sign(np.asarray(gg))[big], rtol=1e-3)
 
 
 def test_joint_and_configurations():
     model, state, batch = _setup("mclrec_j")
     out, aux = M.make_step(model)(state, batch, jax.random.PRNGKey(1))
-    assert not _same(out.theta, state.theta) and not _same(out.phi, state.phi)
+    assert not _same(out.theta, state.theta) and not _same(out.lam, state.lam)
     views = A.two_views(jax.random.PRNGKey(1), batch["seq"])
     # SASRec: no augmenters, no contrastive terms; CL4SRec: L_rec + 0.1 L_cl1
     m_s, st_s, _ = _setup("sasrec")
-    assert st_s.phi == {} and not m_s.config.uses_views
+    assert st_s.lam == {} and not m_s.config.uses_views
     _, aux_s = jax.jit(lambda th: M.losses_stage1(m_s, th, {}, batch, None, jax.random.PRNGKey(1)))(st_s.theta)
     assert float(aux_s["l_cl1"]) == 0 and float(aux_s["l_cl2"]) == 0
     np.testing.assert_allclose(aux_s["loss"], aux_s["l_rec"])
@@ -225,16 +257,16 @@ def test_joint_and_configurations():
     np.testing.assert_allclose(aux_c["loss"], aux_c["l_rec"] + 0.1 * aux_c["l_cl1"], rtol=1e-5)
     # shared augmenters: one parameter set
     m_sh = M.build(M.preset("mclrec", ablation="shared", **TINY), 60)
-    assert set(jax.eval_shape(lambda k: M.init_state(m_sh, k), jax.random.PRNGKey(0)).phi) == {"aug"}
+    assert set(jax.eval_shape(lambda k: M.init_state(m_sh, k), jax.random.PRNGKey(0)).lam) == {"aug"}
     with pytest.raises(ValueError, match="unknown model"):
         M.preset("gru4rec")
     with pytest.raises(ValueError, match="only applies"):
         M.preset("sasrec", ablation="no_reg")
+    with pytest.raises(ValueError, match="not divisible"):
+        M.build(M.preset("mclrec", hidden=15, n_heads=2), 60)
 
 
 def test_prepare_data_counts():
-    from jaxrec.data import synthetic
-
     s = synthetic.sequences(n_users=50, n_items=30, mean_len=8, min_len=3, max_len=20, seed=1)
     d = M.prepare_data(s, max_len=8)
     lens = np.array([len(x) for x in s.seqs])
@@ -246,19 +278,31 @@ def test_prepare_data_counts():
         assert d["test_target"][u] == s.seqs[u][-1] and d["valid_target"][u] == s.seqs[u][-2]
 
 
+def test_epoch_batches_are_a_function_of_seed_and_epoch():
+    data = _data()
+    b = M.epoch_batches(data, 0, 1, 64)
+    n = len(data["train_target"])
+    assert b["seq"].shape == (n // 64, 64, 8) and b["key"].shape == (n // 64, 2)
+    assert _same(b, M.epoch_batches(data, 0, 1, 64)) and not _same(b, M.epoch_batches(data, 0, 2, 64))
+    assert M.epoch_batches(data, 0, 1, 64, max_batches=3)["seq"].shape[0] == 3
+    ids = np.asarray(b["target"]).ravel()  # each instance at most once per epoch
+    assert len(ids) == (n // 64) * 64
+    np.testing.assert_array_equal(b["key"][2], jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(0), 1), 2))
+
+
 def test_short_run_improves_validation_ndcg():
     data = _data()
     model, state, _ = _setup()
     before = M.evaluate(model, state.theta, data["valid_seq"], data["valid_target"], block=512)
-    res = M.train(M.preset("mclrec", **TINY), data, seed=0, log=None)
-    assert M.build(M.preset("mclrec", **TINY), data["n_items"]) is model  # compiled step reused
-    assert res["valid"]["ndcg@10"] > before["ndcg@10"] + 0.1, (before, res["valid"])
-    assert res["test"]["hit@10"] > 0.3
+    cfg = M.preset("mclrec", **TINY)
+    res = protocol.train(M.method(cfg, data), seed=0, epochs=cfg.epochs, metric="ndcg@10", patience=cfg.patience,
+                         log=None)
+    assert M.build(cfg, data["n_items"]) is model  # compiled parts reused
+    assert res.val["ndcg@10"] > before["ndcg@10"] + 0.1, (before, res.val)
+    assert res.test["hit@10"] > 0.3 and res.epochs_run == 3
 
 
 def test_real_beauty_protocol(data_dir):
-    from jaxrec.data import load_sequences
-
     s = load_sequences("Amazon_Beauty", data_dir)
     d = M.prepare_data(s, max_len=50)
     assert d["n_items"] == 12101 and len(d["valid_target"]) == 22363
