@@ -42,15 +42,17 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 
 def param(default: Any, help: str, check: str | None = None, choices: tuple | None = None,
-          flag: bool = True, key: bool = True) -> Any:
+          flag: bool = True, key: bool = True, key_if_changed: bool = False) -> Any:
     """A config field with its command-line help and check: ``lr: float = param(5e-3, "Adam step", "rate")``.
     ``check`` names an entry of :data:`CHECKS`; ``flag=False`` keeps the field off the command line;
     ``key=False`` leaves it out of a run's cache key (a setting that cannot change the results, such as a
-    back end computing the same thing)."""
+    back end computing the same thing); ``key_if_changed=True`` puts it in the key only when it differs from
+    its default (a field added later, whose default reproduces the old behaviour, keeps old runs' keys)."""
     if check is not None and check not in CHECKS:
         raise ValueError(f"param: unknown check {check!r}; use one of {sorted(CHECKS)}")
     return dataclasses.field(default=default, metadata={"help": help, "check": check, "choices": choices,
-                                                        "flag": flag, "key": key})
+                                                        "flag": flag, "key": key,
+                                                        "key_if_changed": key_if_changed})
 
 
 @dataclasses.dataclass

@@ -48,8 +48,10 @@ __all__ = ["Runner", "config_hash", "plot_table"]
 
 def config_hash(config: Any, n: int = 8) -> str:
     """First ``n`` hex digits of the SHA-1 of the config's fields (JSON, sorted keys): a run's cache key.
-    Fields declared with ``param(..., key=False)`` are left out."""
-    skip = {f.name for f in dataclasses.fields(config) if f.metadata.get("key", True) is False}
+    Fields declared with ``param(..., key=False)`` are left out, and those with ``key_if_changed=True`` while
+    they hold their default."""
+    skip = {f.name for f in dataclasses.fields(config) if f.metadata.get("key", True) is False
+            or (f.metadata.get("key_if_changed") and getattr(config, f.name) == f.default)}
     blob = json.dumps({k: v for k, v in dataclasses.asdict(config).items() if k not in skip}, sort_keys=True,
                       default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:n]
