@@ -6,11 +6,16 @@
     python -m experiments.mal --table main --dataset ml-100k --seeds 5 --out results [--bases mf,lightgcn]
     python -m experiments.mal --table ablation --dataset ml-100k --seeds 5 --out results [--variants U+I,MAL]
     python -m experiments.mal --table sog_vs_ig --dataset ml-100k --seeds 5 --out results
+    python -m experiments.mal --table ablation --grid paper --variants U+I,MAL --dataset ml-100k --seeds 5 --out results
+    python -m experiments.mal --table neighbors --dataset ml-100k --out results  # share without neighbours per tau
 
 Method: :mod:`jaxrec.methods.mal`. The tables tune on seed 0's validation recall@20: the base model over
 lr x L2 (``--grid full``: {1e-3, 5e-3, 1e-2} x {1e-4, 1e-3, 1e-2}, ``reduced``: {5e-3, 1e-2} x {1e-4, 1e-3};
 ``--lrs`` / ``--l2s`` replace either axis), then every MAL / ablation variant over tau x w0 (full: {0.1, 0.3,
-0.5} x {0.0, 0.5, 1.0}, reduced: {0.1, 0.3} x {0.1, 0.5}) at the base's chosen (lr, L2). Runs are cached in
+0.5} x {0.0, 0.5, 1.0}, reduced: {0.1, 0.3} x {0.1, 0.5}) at the base's chosen (lr, L2). ``--grid paper`` (issue
+33) is the paper's protocol: every row holds out 10% of train as D_meta and draws negatives outside the whole
+neighbour set, the base grid is 'full', meta-learned variants search tau {0.1, ..., 0.5} x meta lr {1e-4, 1e-3,
+1e-2} (w0 0.5) and fixed-weight variants tau x w {0.1, 0.5, 1.0}: 15 points each. Runs are cached in
 ``<out>/mal/<dataset>/<model>_<hash>_seed<k>.json``. The hypergradient timing table: ``benchmarks/mal_timing.py``.
 """
 from __future__ import annotations
@@ -29,12 +34,24 @@ DATASETS = ("synthetic", "ml-100k", "ml-latest-small", "Amazon_Beauty", "Amazon_
 TUNED = {d: dict(zip(("epochs", "eval_every", "patience"), EPOCHS.get(d, (200, 5, 5)))) for d in DATASETS}
 QUICK = dict(epochs=6, eval_every=3, patience=2, dim=16, batch_size=512, meta_batch_size=512)
 BASE_GRID = {"full": dict(lr=(1e-3, 5e-3, 1e-2), l2=(1e-4, 1e-3, 1e-2)), "reduced": dict(lr=(5e-3, 1e-2), l2=(1e-4, 1e-3))}
+BASE_GRID["paper"] = BASE_GRID["full"]
 AUX_GRID = {"full": [dict(tau=t, weight_init=w) for t in (0.1, 0.3, 0.5) for w in (0.0, 0.5, 1.0)],
             "reduced": [dict(tau=t, weight_init=w) for t in (0.1, 0.3) for w in (0.1, 0.5)]}
+TAUS = (0.1, 0.2, 0.3, 0.4, 0.5)  # the paper's threshold grid
+# the paper protocol: grids per kind of variant (same size: equal budgets) and the config every row runs with
+PAPER_GRID = {"meta": [dict(tau=t, weight_init=0.5, meta_lr=m) for t in TAUS for m in (1e-4, 1e-3, 1e-2)],
+              "fixed": [dict(tau=t, weight_init=w) for t in TAUS for w in (0.1, 0.5, 1.0)]}
+PROTOCOL = {"paper": dict(meta_frac=0.1, negatives="threshold")}
 # the ablation's rows after the base model, by the suffix of their names (MF+U, ..., MF-MAL), in order
 ABLATION_VARIANTS = {"U": (("user",), "fixed"), "I": (("item",), "fixed"), "U+M": (("user",), "sog"),
                      "I+M": (("item",), "sog"), "U+I": (("user", "item"), "fixed"), "MAL": (("user", "item"), "sog")}
 TABLE_OWNED = ("base", "mode", "lr", "l2", "tau", "weight_init")  # set by the tables' own grids
+PAPER_OWNED = ("meta_lr", "meta_frac", "negatives")  # also set by --grid paper
+
+
+def aux_grid(grid: str, mode: str) -> list:
+    """The tau x weight grid of an auxiliary variant (``mode`` 'fixed' or meta-learned) under ``grid``."""
+    return PAPER_GRID["fixed" if mode == "fixed" else "meta"] if grid == "paper" else AUX_GRID[grid]
 
 
 def subset(allowed, what: str, empty_ok: bool) -> callable:
@@ -68,13 +85,16 @@ def _args(runner, table: str):
     if table == "run" and given:
         raise ValueError(f"{', '.join(given)} apply to --table main/ablation/sog_vs_ig only")
     if table != "run":
-        owned = [f"--{k.replace('_', '-')}" for k in (*TABLE_OWNED, "aux") if getattr(a, k) is not None]
+        keys = (*TABLE_OWNED, "aux") + (PAPER_OWNED if a.grid == "paper" else ())
+        owned = [f"--{k.replace('_', '-')}" for k in keys if getattr(a, k) is not None]
         if owned or len(runner.grid) > 1:
             raise ValueError(f"--table {table} sets {', '.join(owned) or 'its grid'} itself (use --bases, --grid, "
                              "--lrs, --l2s); give one value per other config flag")
         if a.variants is not None and table != "ablation":
             raise ValueError("--variants applies to --table ablation only")
     grid = a.grid or "full"
+    if grid in PROTOCOL:
+        runner.base = dataclasses.replace(runner.base, **PROTOCOL[grid])
     return (list(a.bases or ("mf",)), grid, list(a.lrs or BASE_GRID[grid]["lr"]), list(a.l2s or BASE_GRID[grid]["l2"]),
             list(a.variants or ABLATION_VARIANTS))
 
@@ -96,13 +116,16 @@ def tuned_pair(runner, base: str, lrs, l2s, grid: str):
     """The base model tuned over lr x L2, and MAL (both tasks, SOG) tuned over tau x w0 at its lr / L2."""
     b = tune(runner, dataclasses.replace(runner.base, base=base, aux=(), mode="sog"),
              [dict(lr=lr, l2=l2) for lr in lrs for l2 in l2s])
-    return b, tune(runner, dataclasses.replace(b, aux=("user", "item"), mode="sog"), AUX_GRID[grid])
+    return b, tune(runner, dataclasses.replace(b, aux=("user", "item"), mode="sog"), aux_grid(grid, "sog"))
 
 
 def note(runner, grid, lrs, l2s) -> str:
     n = len(runner.seed_list)
+    aux = (f"{len(PAPER_GRID['meta'])} configs tau x meta lr per meta-learned variant, {len(PAPER_GRID['fixed'])} "
+           "tau x w per fixed one; D_meta = 10% of train, negatives outside every entity with cos >= tau"
+           if grid == "paper" else f"{len(AUX_GRID[grid])} MAL configs tau x w0")
     text = (f"dataset {runner.dataset}; {n} seed(s) (seed = split seed = init seed); grid '{grid}' ({len(lrs) * len(l2s)} "
-            f"base configs lr {sorted(lrs)} x L2 {sorted(l2s)}, {len(AUX_GRID[grid])} MAL configs tau x w0 at the base's "
+            f"base configs lr {sorted(lrs)} x L2 {sorted(l2s)}, {aux} at the base's "
             f"best lr/L2), tuned on validation R@20 with seed 0; test = items not in train/val, full ranking")
     return text + (". REDUCED PROTOCOL (paper: 5 seeds, full grid)" if n < 5 or grid != "full" or runner.args.quick else "")
 
@@ -115,7 +138,7 @@ def table_main(runner) -> str:
         rows = {b.name: runner.seeds(b), m.name: runner.seeds(m)}
         if runner.save:
             plot_lambda(runner, m)
-        out.append(runner.table("main" + ("" if base == "mf" else f"_{base}"), rows,
+        out.append(runner.table("main" + ("" if base == "mf" else f"_{base}") + suffix(grid), rows,
                                 [f"{k}@{n}" for k in ("recall", "ndcg", "precision") for n in KS],
                                 improvement=(m.name, b.name), notes=[note(runner, grid, lrs, l2s)],
                                 title=f"{base} (chosen: base lr={b.lr} l2={b.l2}; MAL tau={m.tau} w0={m.weight_init})"))
@@ -131,14 +154,15 @@ def table_ablation(runner) -> str:
         rows, done = {b.name: runner.seeds(b)}, {}
         for v in runner.order(variants):  # fixed weights search the same tau x w0 grid, w kept constant
             aux, mode = ABLATION_VARIANTS[v]
-            best = tune(runner, dataclasses.replace(b, aux=aux, mode=mode), AUX_GRID[grid])
+            best = tune(runner, dataclasses.replace(b, aux=aux, mode=mode), aux_grid(grid, mode))
             done[v] = (best.name, runner.seeds(best))
         rows.update(done[v] for v in variants)  # the table's order whatever the run order
         name = "ablation" + ("" if base == "mf" else f"_{base}") + \
-            ("" if variants == list(ABLATION_VARIANTS) else "_" + "_".join(variants))
+            ("" if variants == list(ABLATION_VARIANTS) else "_" + "_".join(variants)) + suffix(grid)
         out.append(runner.table(name, rows, [f"{k}@{n}" for k in ("recall", "ndcg") for n in (10, 20)], title=base,
-                                notes=[note(runner, grid, lrs, l2s) + "; fixed-weight variants: the same tau x w grid, "
-                                       "w kept constant"]))
+                                notes=[note(runner, grid, lrs, l2s) + ("; fixed-weight variants: tau x w, w kept "
+                                       "constant" if grid == "paper" else "; fixed-weight variants: the same tau x w "
+                                       "grid, w kept constant")]))
     return "\n".join(out)
 
 
@@ -149,11 +173,38 @@ def table_sog_vs_ig(runner) -> str:
         m = tuned_pair(runner, base, lrs, l2s, grid)[1]
         ig = dataclasses.replace(m, mode="ig")  # same hyper-parameters, IG hypergradient (no separate tuning)
         rows = {m.name + " (SOG)": runner.seeds(m), ig.name: runner.seeds(ig)}
-        out.append(runner.table("sog_vs_ig" + ("" if base == "mf" else f"_{base}"), rows,
+        out.append(runner.table("sog_vs_ig" + ("" if base == "mf" else f"_{base}") + suffix(grid), rows,
                                 ["recall@10", "ndcg@10", "precision@10"], improvement=(ig.name, m.name + " (SOG)"),
                                 title=f"{base} (IG: gamma={ig.gamma}, k={ig.cg_steps} CG steps; SOG: alpha={m.alpha})",
                                 notes=[note(runner, grid, lrs, l2s) + "; IG re-uses the SOG-tuned configuration"]))
     return "\n".join(out)
+
+
+def suffix(grid: str) -> str:
+    return "_paper" if grid == "paper" else ""  # the stored tables keep their names
+
+
+def table_neighbors(runner) -> str:
+    """Per tau of the paper's grid: the share of users / items of seed 0's training matrix without any
+    neighbour (no auxiliary term), and the mean neighbour-set size before the top-M cut. No training."""
+    from jaxrec.neighbors import no_neighbor_share
+
+    _args(runner, "neighbors")
+    data = runner.data(runner.base, runner.seed_list[0])
+    cols = {t: no_neighbor_share(m, TAUS, runner.base.neighbor_block)
+            for t, m in (("user", data["train"]), ("item", data["train"].T.tocsr()))}
+    lines = [f"### {runner.dataset}: entities without a neighbour (cos >= tau) in seed {runner.seed_list[0]}'s "
+             f"training matrix (meta_frac={runner.base.meta_frac})", "",
+             "| tau | users without | items without | mean users with cos >= tau | mean items with cos >= tau |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {t} | {cols['user'][t]['no_neighbor']:.1%} | {cols['item'][t]['no_neighbor']:.1%} | "
+              f"{cols['user'][t]['mean_size']:.1f} | {cols['item'][t]['mean_size']:.1f} |" for t in TAUS]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if runner.save:
+        runner.folder.mkdir(parents=True, exist_ok=True)
+        (runner.folder / f"table_neighbors{'' if runner.base.meta_frac == 0 else '_paper'}.md").write_text(text)
+    return text
 
 
 def plot_lambda(runner, cfg) -> None:
@@ -179,7 +230,8 @@ def plot_lambda(runner, cfg) -> None:
 
 SPEC = cli.Spec(name="mal", config=MALConfig, method="jaxrec.methods.mal", description=__doc__.splitlines()[0],
                 datasets=DATASETS, metric="recall@20", default_table="run", tuned=TUNED, quick=QUICK, seeds=1,
-                tables={"run": table_run, "main": table_main, "ablation": table_ablation, "sog_vs_ig": table_sog_vs_ig},
+                tables={"run": table_run, "main": table_main, "ablation": table_ablation, "sog_vs_ig": table_sog_vs_ig,
+                        "neighbors": table_neighbors},
                 add_flags=add_flags)
 
 

@@ -13,6 +13,10 @@ truncated to the ``max_neighbors`` most similar rows. The similarities are compu
 time (``block_size`` x ``n_rows`` dense), so a dense ``n_rows x n_rows`` matrix is never formed: memory is
 ``O(block_size * n_rows)``. Rows without any interaction have no neighbours.
 
+:func:`threshold_pairs` returns the whole (untruncated) set ``{(a, b) : b in N_a}`` as a sparse matrix,
+:func:`pair_keys` as sorted keys ``a * n + b`` for membership tests on device, and :func:`no_neighbor_share`
+the share of rows whose ``N_a`` is empty at each of several thresholds (one pass over the blocks).
+
 Used by :mod:`jaxrec.methods.mal` for the user-user (rows of ``R``) and item-item (rows of ``R^T``)
 auxiliary tasks; nothing in here is specific to MAL.
 """
@@ -23,7 +27,7 @@ import dataclasses
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["Neighbors", "cosine_neighbors", "row_normalize"]
+__all__ = ["Neighbors", "cosine_neighbors", "row_normalize", "threshold_pairs", "pair_keys", "no_neighbor_share"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,3 +130,72 @@ def cosine_neighbors(
         sim[start:stop, :k] = np.where(valid, vals, 0.0)
         count[start:stop] = c
     return Neighbors(index=index, sim=sim, count=count, tau=float(tau))
+
+
+def _blocks(matrix: sp.spmatrix, block_size: int):
+    """Yield ``(start, stop, block)``: the cosine similarities of rows ``start:stop`` with every row as a sparse
+    ``[stop - start, n]`` matrix, with a row's similarity to itself and every similarity of an all-zero row
+    removed (the same conventions as :func:`cosine_neighbors`)."""
+    if not sp.issparse(matrix):
+        raise TypeError("expected a scipy.sparse matrix (e.g. jaxrec.data.to_csr(train))")
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    rn = row_normalize(matrix)
+    rn_t = rn.T.tocsr()
+    n = rn.shape[0]
+    for start in range(0, n, block_size):
+        stop = min(start + block_size, n)
+        block = sp.coo_matrix(rn[start:stop] @ rn_t)
+        keep = (block.row + start != block.col) & (block.data != 0)  # a row is never its own neighbour
+        yield start, stop, sp.csr_matrix((block.data[keep], (block.row[keep], block.col[keep])),
+                                         shape=(stop - start, n))
+
+
+def threshold_pairs(matrix: sp.spmatrix, tau: float, block_size: int = 1024) -> sp.csr_matrix:
+    """The whole neighbour relation ``{(a, b) : b != a, cos(a, b) >= tau}`` (no top-M cut) as a boolean
+    ``n x n`` CSR matrix, built one block of rows at a time (memory: one sparse block plus the result; the
+    dense similarity matrix is never formed). ``tau`` must be > 0: cos 0 pairs are not stored in the
+    sparse products (at ``tau > 0`` they never qualify). Ties at ``tau`` are kept (the same tolerance as
+    :func:`cosine_neighbors`, whose lists are the ``M`` most similar entries of each row here)."""
+    if not 0.0 < tau <= 1.0:
+        raise ValueError(f"threshold_pairs needs tau in (0, 1], got {tau}")
+    thr = np.float32(tau) - np.float32(1e-6)
+    parts = []
+    for _, _, block in _blocks(matrix, block_size):
+        block.data = (block.data >= thr).astype(np.float32)
+        block.eliminate_zeros()
+        parts.append(block)
+    n = matrix.shape[0]
+    out = sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, n), dtype=np.float32)
+    return out.astype(bool)
+
+
+def pair_keys(pairs: sp.spmatrix) -> np.ndarray:
+    """Sorted ``int32`` keys ``a * n + b`` of the pairs of a square sparse matrix, with ``2**31 - 1`` appended
+    as a sentinel (never a real key, so a search never runs off the end). Needs ``n * n < 2**31``."""
+    n = pairs.shape[0]
+    if n * n >= 2 ** 31 - 1:
+        raise ValueError(f"pair_keys: {n} entities give keys beyond int32 (n * n >= 2**31)")
+    coo = sp.coo_matrix(pairs)
+    keys = np.sort(coo.row.astype(np.int64) * n + coo.col.astype(np.int64))
+    return np.concatenate([keys, [2 ** 31 - 1]]).astype(np.int32)
+
+
+def no_neighbor_share(matrix: sp.spmatrix, taus, block_size: int = 1024) -> dict:
+    """For each ``tau`` in ``taus``: the share of rows with no other row at ``cos >= tau`` (an empty ``N_a``,
+    so no auxiliary term for that entity), and the mean ``|N_a|`` before any top-M cut. One blockwise pass:
+    returns ``{tau: {"no_neighbor": share, "mean_size": mean |N_a|}}``."""
+    taus = [float(t) for t in taus]
+    n = matrix.shape[0]
+    best = np.full(n, -np.inf, dtype=np.float32)
+    sizes = {t: np.zeros(n, dtype=np.int64) for t in taus}
+    for start, stop, block in _blocks(matrix, block_size):
+        rows = np.repeat(np.arange(stop - start), np.diff(block.indptr))
+        mx = np.full(stop - start, -np.inf, dtype=np.float32)
+        np.maximum.at(mx, rows, block.data.astype(np.float32))
+        best[start:stop] = mx
+        for t in taus:
+            above = block.data >= np.float32(t) - np.float32(1e-6)
+            sizes[t][start:stop] = np.bincount(rows[above], minlength=stop - start)
+    return {t: {"no_neighbor": float(np.mean(best < np.float32(t) - np.float32(1e-6))),
+                "mean_size": float(np.mean(sizes[t]))} for t in taus}

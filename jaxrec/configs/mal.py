@@ -2,7 +2,9 @@
 
 The fields, their order and defaults are those the stored result files under ``results/mal/`` were hashed
 with (:func:`jaxrec.experiment.config_hash`); ``graph_backend`` is left out of the hash (``key=False``):
-every LightGCN back end computes the same model.
+every LightGCN back end computes the same model. ``meta_frac`` and ``negatives`` (issue 33) came later: their
+defaults are the stored runs' behaviour and they enter the hash only when changed (``key_if_changed``), so
+every stored run keeps its key; the paper protocol (``--grid paper`` in ``experiments.mal``) sets them.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import dataclasses
 from jaxrec.cli import param
 
 BACKENDS = ("segment", "bcoo", "dense")  # jaxrec.models.lightgcn.BACKENDS (not imported: it loads JAX)
+NEGATIVES = ("topm", "threshold")
 
 
 @dataclasses.dataclass
@@ -51,6 +54,12 @@ class MALConfig:
     patience: int = param(5, "early stopping: evaluations without a better validation recall@20", "positive")
     ks: tuple = (5, 10, 15, 20)
     neighbor_block: int = param(1024, "rows per block of the cosine-neighbour computation", "positive")
+    # issue 33 (added after the stored runs; in a run's key only when changed, so the stored runs keep theirs)
+    meta_frac: float = param(0.0, "share of each user's training interactions held out as D_meta (0: D_meta is "
+                             "the validation split, the stored runs' protocol)", "fraction", key_if_changed=True)
+    negatives: str = param("topm", "auxiliary negatives outside the stored top-M list ('topm', the stored runs) or "
+                           "outside every entity with cos >= tau ('threshold', the paper's Eq. 5)",
+                           choices=NEGATIVES, key_if_changed=True)
     graph_backend: str = param("segment", "LightGCN's propagation (the same model; not part of a run's key)",
                                choices=BACKENDS, key=False)
 
@@ -59,6 +68,8 @@ class MALConfig:
             raise ValueError(f"base must be 'mf' or 'lightgcn', got {self.base!r}")
         if self.mode not in ("sog", "ig", "fixed"):
             raise ValueError(f"mode must be 'sog', 'ig' or 'fixed', got {self.mode!r}")
+        if self.negatives not in NEGATIVES:
+            raise ValueError(f"negatives must be one of {NEGATIVES}, got {self.negatives!r}")
         self.aux = tuple(self.aux)
         bad = set(self.aux) - {"user", "item"}
         if bad:

@@ -15,7 +15,9 @@ Auxiliary tasks (InfoNCE over cosine neighbourhoods of the training matrix ``R``
     L_aux^U(u) = -log( exp s(u, u+) / (exp s(u, u+) + sum_{u- not in N_u} exp s(u, u-)) )
 
 with ``u+`` a uniformly sampled neighbour and ``u-`` uniformly sampled non-neighbours; ``L_aux^I`` is the
-same over items (columns of ``R``). The issue writes the denominator without the positive term; that
+same over items (columns of ``R``). ``negatives="threshold"`` (the paper's Eq. 5) draws ``u-`` outside the whole
+``N_u`` (every entity with ``cos >= tau``); ``"topm"`` (the stored runs) only outside the top-``M`` list that
+also supplies the positives. The issue writes the denominator without the positive term; that
 variant is unbounded below (it rewards growing norms), so the default keeps the positive in the
 denominator (standard InfoNCE); ``include_positive=False`` gives the literal form.
 
@@ -25,7 +27,9 @@ Inner (training) loss with one weight per user and per item, ``Lambda = {"user":
            + l2/2 * mean_b (|p_u|^2 + |q_i|^2 + |q_i'|^2)
 
 (users/items without neighbours contribute no auxiliary term). Outer (meta) loss: mean ``L_pri`` on a
-batch of ``D_meta`` (the validation split). Bilevel problem::
+batch of ``D_meta``: with ``meta_frac > 0`` (the paper, after lambda-Opt) a per-user share of the training
+interactions held out from ``D_train``, disjoint from the validation split (which then only selects models
+and stops early); with ``meta_frac = 0`` (the stored runs) the validation split itself. Bilevel problem::
 
     min_Lambda  sum_{D_meta} L_pri(Theta*(Lambda)),   Theta*(Lambda) = argmin_Theta sum_{D_train} L_in.
 
@@ -52,7 +56,7 @@ Algorithm (one step, :func:`jaxrec.bilevel.alternating`; :func:`jaxrec.method.tr
               (mode "fixed": Lambda stays; the meta loss is only reported)
 
 Each epoch: a shuffle of the training interactions cut into full batches, as many meta batches drawn with
-replacement from the validation split, one sampled negative each (``default_rng((seed, epoch))``).
+replacement from ``D_meta``, one sampled negative each (``default_rng((seed, epoch))``).
 """
 from __future__ import annotations
 
@@ -72,15 +76,15 @@ from jaxrec.losses import bpr_loss
 from jaxrec.method import Method
 from jaxrec.metrics import evaluate_topk
 from jaxrec.models import lightgcn, mf
-from jaxrec.neighbors import Neighbors, cosine_neighbors
+from jaxrec.neighbors import Neighbors, cosine_neighbors, pair_keys, threshold_pairs
 
 __all__ = [
     "MALConfig", "DATA_FIELDS", "load_split", "prepare", "load", "method", "artifacts",
     "info_nce", "bpr_terms", "sample_aux", "make_losses", "make_hypergrad", "make_update", "init_state",
-    "build_neighbors", "with_aux_samples", "epoch_batches", "score_fn_for", "fixed_batches",
+    "build_neighbors", "build_exclusions", "with_aux_samples", "epoch_batches", "score_fn_for", "fixed_batches",
 ]
 
-DATA_FIELDS = ()  # the split depends on (dataset, seed) only; neighbourhoods and graph are built per config
+DATA_FIELDS = ("meta_frac",)  # the split depends on (dataset, seed, meta_frac); neighbourhoods / graph per config
 SYNTHETIC = dict(n_users=300, n_items=400, n_clusters=8, mean_per_user=30.0)
 
 
@@ -106,20 +110,30 @@ def load_split(dataset: str, data_dir, seed: int):
     return ratio_split(inter, test_frac=0.2, val_frac=0.1, seed=seed)
 
 
-def prepare(split) -> dict:
-    """A ``(train, val, test)`` split as MAL's data: the parts, their CSR matrices (``seen`` = train + val,
-    excluded when testing), ``n_users`` / ``n_items``."""
+def prepare(split, meta_frac: float = 0.0, seed: int = 0) -> dict:
+    """A ``(train, val, test)`` split as MAL's data: the parts, their CSR matrices, ``n_users`` / ``n_items``.
+
+    ``meta_frac > 0``: ``meta_frac`` of each user's training interactions (rounded half up, at least one left
+    in training; ``ratio_split`` on the training part with ``default_rng((seed, 33))``) become ``D_meta``
+    (``meta_part`` / ``meta``), and ``train_part`` / ``train`` (Theta's data, the neighbourhoods, the graph)
+    are the rest; validation ranks items not in train or D_meta. ``meta_frac = 0``: ``D_meta`` is the
+    validation split (the stored runs). ``seen`` (excluded when testing) = train + D_meta + val.
+    """
     tr, va, te = split[0], split[1], split[2]
-    train, val = to_csr(tr), to_csr(va)
-    return {"train_part": tr, "val_part": va, "train": train, "val": val, "test": to_csr(te),
-            "seen": ((train + val) > 0).astype(np.float32).tocsr(),
+    if meta_frac > 0:
+        tr, _, me = ratio_split(tr, test_frac=meta_frac, val_frac=0.0, seed=np.random.default_rng((seed, 33)))
+    else:
+        me = va
+    train, val, meta = to_csr(tr), to_csr(va), to_csr(me)
+    known = ((train + meta) > 0).astype(np.float32).tocsr() if meta_frac > 0 else train
+    return {"train_part": tr, "meta_part": me, "val_part": va, "train": train, "meta": meta, "val": val,
+            "test": to_csr(te), "val_exclude": known, "seen": ((known + val) > 0).astype(np.float32).tocsr(),
             "n_users": int(tr.n_users), "n_items": int(tr.n_items)}
 
 
 def load(config: MALConfig, dataset: str, data_dir, seed: int) -> dict:
-    """:func:`prepare` of :func:`load_split` (the runner's data hook; the split does not depend on ``config``)."""
-    del config
-    return prepare(load_split(dataset, data_dir, seed))
+    """:func:`prepare` of :func:`load_split` (the runner's data hook; only ``meta_frac`` of ``config`` matters)."""
+    return prepare(load_split(dataset, data_dir, seed), meta_frac=config.meta_frac, seed=seed)
 
 
 # ----------------------------------------------------------------------------------------------- losses
@@ -240,7 +254,17 @@ def build_neighbors(train_csr: sp.spmatrix, config: MALConfig) -> dict[str, Neig
     return out
 
 
-def sample_aux(key, anchors, nbr_index, nbr_count, n_entities: int, n_neg: int, shared: bool = True) -> dict[str, jax.Array]:
+def build_exclusions(train_csr: sp.spmatrix, config: MALConfig) -> dict[str, np.ndarray]:
+    """``negatives="threshold"``: per task the sorted keys ``a * n + b`` of every pair with ``cos >= tau`` (no
+    top-M cut; :func:`jaxrec.neighbors.threshold_pairs`, blockwise); ``{}`` for ``"topm"``."""
+    if config.negatives != "threshold":
+        return {}
+    mats = {"user": train_csr, "item": train_csr.T.tocsr()}
+    return {t: pair_keys(threshold_pairs(mats[t], config.tau, config.neighbor_block)) for t in config.aux}
+
+
+def sample_aux(key, anchors, nbr_index, nbr_count, n_entities: int, n_neg: int, shared: bool = True,
+               exclude_keys=None) -> dict[str, jax.Array]:
     """Sample one neighbour ``v+ ~ U(N_a)`` per anchor and ``n_neg`` uniform negative candidates, on device.
 
     A candidate ``v-`` is valid for anchor ``a`` (``mask``) when ``v- != a`` and ``v- not in N_a``; invalid
@@ -252,6 +276,11 @@ def sample_aux(key, anchors, nbr_index, nbr_count, n_entities: int, n_neg: int, 
     candidates serves the whole batch (``neg [n_neg]``, scored with one matrix product); otherwise
     ``neg [B, n_neg]``. Returns ``pos [B]``, ``neg``, ``mask [B, n_neg]``, ``has [B]`` (the anchor has at
     least one neighbour).
+
+    ``exclude_keys`` (sorted ``int32`` keys ``a * n + b`` of the whole neighbour relation, from
+    :func:`build_exclusions`): a candidate is valid when ``v- != a`` and ``(a, v-)`` is not a key, i.e. it
+    lies outside every entity with ``cos >= tau`` (Eq. 5), found by a binary search per (anchor, candidate);
+    the positives still come from the top-M lists. The candidates drawn are the same either way.
     """
     kp, kn = jax.random.split(key)
     cnt = nbr_count[anchors]
@@ -263,6 +292,9 @@ def sample_aux(key, anchors, nbr_index, nbr_count, n_entities: int, n_neg: int, 
     if shared:
         # distinct candidates (without replacement), so membership can be scattered in O(B * M)
         neg = jax.random.choice(kn, n_entities, (n_neg,), replace=False).astype(jnp.int32)
+        if exclude_keys is not None:
+            return {"pos": pos, "neg": neg, "has": has,
+                    "mask": _outside(exclude_keys, anchors[:, None], neg[None, :], n_entities)}
         slot_of = jnp.full((n_entities + 1,), n_neg, jnp.int32).at[neg].set(jnp.arange(n_neg, dtype=jnp.int32))
         nbrs = nbr_index[anchors]  # [B, M], -1 padding -> looks up the dummy last entry
         hit = slot_of[jnp.where(nbrs < 0, n_entities, nbrs)]  # [B, M] slot in neg or n_neg (= none)
@@ -271,21 +303,33 @@ def sample_aux(key, anchors, nbr_index, nbr_count, n_entities: int, n_neg: int, 
         mask = mask & (neg[None, :] != anchors[:, None])
     else:
         neg = jax.random.randint(kn, anchors.shape + (n_neg,), 0, n_entities, dtype=jnp.int32)
+        if exclude_keys is not None:
+            return {"pos": pos, "neg": neg, "has": has,
+                    "mask": _outside(exclude_keys, anchors[:, None], neg, n_entities)}
         in_nbr = jnp.any(neg[:, :, None] == nbr_index[anchors][:, None, :], axis=-1)
         mask = (neg != anchors[:, None]) & ~in_nbr
     return {"pos": pos, "neg": neg, "mask": mask, "has": has}
 
 
+def _outside(keys, anchors, cands, n: int):
+    """``[B, K]`` bool: ``cands != anchors`` and ``anchors * n + cands`` is not in the sorted ``keys``."""
+    q = anchors * n + cands
+    found = keys[jnp.searchsorted(keys, q)] == q  # the sentinel 2**31 - 1 keeps the index in range
+    return (cands != anchors) & ~found
+
+
 def with_aux_samples(config: MALConfig, batch: dict, nb: dict, n_users: int, n_items: int, key) -> dict:
     """``batch`` plus the ``{t}_aux_*`` entries of :func:`make_losses`, drawn by :func:`sample_aux` for each
-    auxiliary task ``t`` (anchors: ``user`` for users, ``pos`` for items); ``nb[t] = (index, count)``."""
+    auxiliary task ``t`` (anchors: ``user`` for users, ``pos`` for items); ``nb[t] = (index, count)`` or
+    ``(index, count, exclude_keys)`` (``negatives="threshold"``)."""
     batch = dict(batch)
     sizes = {"user": n_users, "item": n_items}
     anchor_key = {"user": "user", "item": "pos"}
     keys = jax.random.split(key, 2)
     for j, t in enumerate(config.aux):
         k_neg = min(config.n_aux_neg, sizes[t]) if config.shared_negatives else config.n_aux_neg
-        s = sample_aux(keys[j], batch[anchor_key[t]], nb[t][0], nb[t][1], sizes[t], k_neg, config.shared_negatives)
+        s = sample_aux(keys[j], batch[anchor_key[t]], nb[t][0], nb[t][1], sizes[t], k_neg, config.shared_negatives,
+                       nb[t][2] if len(nb[t]) > 2 else None)
         batch.update({f"{t}_aux_{name}": v for name, v in s.items()})
     return batch
 
@@ -354,9 +398,9 @@ def _epoch_arrays(rng: np.random.Generator, user, item, neg_csr, n_batches: int,
 
 def epoch_batches(config: MALConfig, data: dict, seed: int, epoch: int) -> tuple[dict, dict]:
     """One epoch's ``(train batches, meta batches)``, stacked ``[n_batches, batch]``: a shuffle of the
-    training interactions cut into full batches and as many meta batches drawn with replacement from the
-    validation split; randomness from ``default_rng((seed, epoch))`` only (a resumed run is identical)."""
-    tr, va = data["train_part"], data["val_part"]
+    training interactions cut into full batches and as many meta batches drawn with replacement from
+    ``D_meta`` (:func:`prepare`); randomness from ``default_rng((seed, epoch))`` only (a resumed run is identical)."""
+    tr, va = data["train_part"], data["meta_part"]
     bs, mbs = min(config.batch_size, len(tr.user)), min(config.meta_batch_size, len(va.user))
     n_batches = len(tr.user) // bs
     rng = np.random.default_rng((seed, epoch))
@@ -371,19 +415,27 @@ def score_fn_for(config: MALConfig, theta, graph=None) -> Callable:
     return jax.jit(lambda users: eu[users] @ ei.T)
 
 
+def _device_neighbors(neighbors: dict, exclusions: dict) -> dict:
+    """``{t: (index, count[, exclude_keys])}`` as device arrays (the ``nb`` of :func:`with_aux_samples`)."""
+    return {t: (jnp.asarray(n.index), jnp.asarray(n.count))
+            + ((jnp.asarray(exclusions[t]),) if t in exclusions else ()) for t, n in neighbors.items()}
+
+
 def method(config: MALConfig, data: dict) -> Method:
     """MAL (or the plain base model when ``config.aux == ()``) on ``data`` (:func:`prepare`) as a
     :class:`jaxrec.method.Method`: Theta's data is ``train``, ``val`` is ``D_meta`` (the meta batches) and
-    the validation set (ranking items not in train); test ranks items not in train or val."""
+    the validation set (ranking items not in train); test ranks items not in train or val. With
+    ``meta_frac > 0``, ``D_meta`` is ``data["meta"]`` instead and validation also skips D_meta's items."""
     n_users, n_items = data["n_users"], data["n_items"]
     t0 = time.perf_counter()
     neighbors = build_neighbors(data["train"], config)
+    exclusions = build_exclusions(data["train"], config)
     t_nbr = time.perf_counter() - t0
     tr = data["train_part"]
     graph = (lightgcn.build_graph(tr.user, tr.item, n_users, n_items, backend=config.graph_backend)
              if config.base == "lightgcn" else None)
     alt = make_update(config, graph)
-    nb = {t: (jnp.asarray(n.index), jnp.asarray(n.count)) for t, n in neighbors.items()}
+    nb = _device_neighbors(neighbors, exclusions)
     eval_users = np.arange(n_users)
 
     def step(state, batch, key):
@@ -392,7 +444,7 @@ def method(config: MALConfig, data: dict) -> Method:
         return state, {"loss": aux["inner"], "meta": aux["outer"]}
 
     def evaluate(state, part):
-        exclude, target = (data["train"], data["val"]) if part == "val" else (data["seen"], data["test"])
+        exclude, target = (data["val_exclude"], data["val"]) if part == "val" else (data["seen"], data["test"])
         return evaluate_topk(score_fn_for(config, state.theta, graph), eval_users, exclude, target, ks=config.ks)
 
     def summary(state):
@@ -421,10 +473,10 @@ def fixed_batches(config: MALConfig, data: dict, seed: int = 0) -> tuple[dict, d
     """One train batch with its auxiliary samples and one meta batch of ``data`` (:func:`prepare`), drawn as
     an epoch draws them (``default_rng(seed)``; auxiliary samples from ``PRNGKey(seed + 1)``): the fixed inputs
     of timings and cross-checks. Returns ``(batch, meta_batch)`` of device arrays."""
-    tr, va = data["train_part"], data["val_part"]
+    tr, va = data["train_part"], data["meta_part"]
     rng = np.random.default_rng(seed)
     bs, mbs = min(config.batch_size, len(tr.user)), min(config.meta_batch_size, len(va.user))
     tb = jax.tree.map(lambda x: x[0], _epoch_arrays(rng, tr.user, tr.item, data["train"], 1, bs, replace=False))
     mb = jax.tree.map(lambda x: x[0], _epoch_arrays(rng, va.user, va.item, data["seen"], 1, mbs, replace=True))
-    nb = {t: (jnp.asarray(n.index), jnp.asarray(n.count)) for t, n in build_neighbors(data["train"], config).items()}
+    nb = _device_neighbors(build_neighbors(data["train"], config), build_exclusions(data["train"], config))
     return with_aux_samples(config, tb, nb, data["n_users"], data["n_items"], jax.random.PRNGKey(seed + 1)), mb
