@@ -47,6 +47,7 @@ __all__ = [
     "METRIC_NAMES",
     "topk_metrics",
     "evaluate_topk",
+    "per_positive_metrics",
     "rank_of_target",
     "ranks_to_metrics",
     "pad_rows",
@@ -259,6 +260,65 @@ def evaluate_topk(score_fn: Callable[[jnp.ndarray], jnp.ndarray], users, exclude
         out["per_user"] = {k: np.concatenate([p[k] for p in per]) for k in per[0]}
         out["per_user"]["user"] = users
     return out
+
+
+@functools.partial(jax.jit, static_argnames=("ks",))
+def _per_positive_sums(scores, target, negative, row_valid, ks):
+    """Sums over the valid users of one block of the per-user means of :func:`per_positive_metrics`."""
+    n = scores.shape[1]
+    srt = jnp.sort(jnp.where(negative, scores, -jnp.inf), axis=1)
+    n_neg = negative.sum(1)
+    above = n - jax.vmap(lambda r, s: jnp.searchsorted(r, s, side="right"))(srt, scores)  # negatives > s
+    below = jax.vmap(lambda r, s: jnp.searchsorted(r, s, side="left"))(srt, scores) - (n - n_neg)[:, None]  # < s
+    rank = 1 + above
+    t = target.astype(scores.dtype)
+    n_pos = t.sum(1)
+    valid = row_valid & (n_pos > 0) & (n_neg > 0)
+    denom = jnp.where(valid, n_pos, 1.0)
+    out = {"auc": jnp.sum(t * below, 1) / (denom * jnp.maximum(n_neg, 1))}
+    for k in ks:
+        hit = t * (rank <= k)
+        out[f"hr@{k}"] = hit.sum(1) / denom
+        out[f"ndcg@{k}"] = jnp.sum(hit / jnp.log2(1.0 + rank), 1) / denom
+    sums = {k: jnp.sum(jnp.where(valid, v, 0.0)) for k, v in out.items()}
+    sums["n_users"] = valid.sum()
+    return sums
+
+
+def per_positive_metrics(score_fn: Callable[[jnp.ndarray], jnp.ndarray], target_csr, interacted_csr,
+                         ks: Sequence[int] = (50, 100), block_size: int = 256) -> dict[str, float]:
+    """lambda-Opt's evaluation: each target positive of a user is ranked against the user's negatives, the
+    items the user never interacted with (``interacted_csr == 0``; other positives do not count). Per
+    positive: ``rank = 1 + #{negatives scored strictly higher}``, ``HR@K = [rank <= K]``, ``NDCG@K =
+    [rank <= K] / log2(1 + rank)``, ``AUC = #{negatives scored strictly lower} / #negatives``; each averaged
+    over the user's positives, then over the users with at least one positive and one negative.
+
+    ``score_fn(user_block: int32[B]) -> float[B, n_items]`` as in :func:`evaluate_topk`. Returns
+    ``{"hr@K", "ndcg@K" for K in ks, "auc", "n_users"}``."""
+    ks = tuple(int(k) for k in ks)
+    target_csr, interacted_csr = _as_csr(target_csr, "target_csr"), _as_csr(interacted_csr, "interacted_csr")
+    if target_csr.shape != interacted_csr.shape:
+        raise ValueError(f"per_positive_metrics: target_csr {target_csr.shape} and interacted_csr "
+                         f"{interacted_csr.shape} must have the same shape")
+    if (target_csr.multiply(interacted_csr) != 0).sum() != (target_csr != 0).sum():
+        raise ValueError("per_positive_metrics: every target must be an interacted item (interacted_csr "
+                         "holds all of the user's interactions, targets included)")
+    users = np.flatnonzero(np.diff(target_csr.indptr) > 0)
+    if len(users) == 0:
+        raise ValueError("per_positive_metrics: no user has a target")
+    bs = int(min(block_size, _next_pow2(len(users))))
+    totals = None
+    for start in range(0, len(users), bs):
+        blk = users[start:start + bs]
+        n_real = len(blk)
+        blk = np.concatenate([blk, np.full(bs - n_real, blk[0])])
+        tg = jnp.asarray(target_csr[blk].toarray() != 0)
+        neg = jnp.asarray(interacted_csr[blk].toarray() == 0)
+        s = _per_positive_sums(score_fn(jnp.asarray(blk, jnp.int32)), tg, neg, jnp.asarray(np.arange(bs) < n_real), ks)
+        totals = s if totals is None else jax.tree.map(jnp.add, totals, s)
+    totals = jax.device_get(totals)
+    n = float(totals.pop("n_users"))
+    return {**{k: float(v) / n for k, v in totals.items()}, "n_users": int(n)}
 
 
 @jax.jit

@@ -16,7 +16,8 @@ import numpy as np
 from .errors import data_error
 from .types import ColdStartTasks, Interactions, Sequences
 
-__all__ = ["Split", "SeqSplit", "ratio_split", "leave_one_out", "k_core", "compact", "cold_start_tasks"]
+__all__ = ["Split", "SeqSplit", "ratio_split", "leave_one_out", "k_core", "compact", "cold_start_tasks",
+           "time_split"]
 
 
 class Split(NamedTuple):
@@ -204,3 +205,29 @@ def cold_start_tasks(inter: Interactions, n_query: int = 10, min_ratings: int = 
         n_items=inter.n_items, user_features=inter.user_features, item_features=inter.item_features,
         user_ids=inter.user_ids, item_ids=inter.item_ids, vocab=inter.vocab, name=inter.name,
         n_filtered=int(active.size - users.size))
+
+
+def time_split(inter: Interactions, test_frac: float = 0.2, val_frac: float = 0.25) -> Split:
+    """Per-user time-ordered split (lambda-Opt's official "lro" split): per user u with n_u interactions the
+    latest ``floor(test_frac * n_u)`` go to test, then the latest ``floor(val_frac * m)`` of the remaining
+    ``m`` to validation, the rest to train. Order: ``timestamp``, ties broken by row order (a later row is
+    later). Deterministic; needs timestamps. Raises :class:`DataError` when test (or validation, if
+    ``val_frac > 0``) would be empty."""
+    if not (0 <= test_frac < 1 and 0 <= val_frac < 1):
+        raise data_error(f"time_split: test_frac={test_frac} and val_frac={val_frac} must lie in [0, 1)")
+    if inter.timestamp is None:
+        raise data_error(f"time_split of {inter.name or 'the interactions'} needs timestamps; it has none")
+    counts = inter.user_degree()
+    n_test = np.floor(test_frac * counts + 1e-9).astype(np.int64)
+    n_val = np.floor(val_frac * (counts - n_test) + 1e-9).astype(np.int64)
+    order = np.lexsort((-np.arange(len(inter)), -inter.timestamp, inter.user))  # per user, latest first
+    starts = np.cumsum(counts) - counts
+    recency = np.empty(len(inter), np.int64)  # 0 = the user's latest interaction
+    recency[order] = np.arange(len(inter)) - starts[inter.user[order]]
+    is_test = recency < n_test[inter.user]
+    is_val = ~is_test & (recency < (n_test + n_val)[inter.user])
+    for part, mask, frac in (("test", is_test, test_frac), ("validation", is_val, val_frac)):
+        if frac > 0 and not mask.any():
+            raise data_error(f"time_split of {inter.name or 'the interactions'} gives an empty {part} split "
+                             f"(max {counts.max()} interactions per user)", fix="filter users with k_core first")
+    return Split(inter.subset(~(is_test | is_val)), inter.subset(is_val), inter.subset(is_test))
