@@ -15,6 +15,7 @@ load_ml_latest_small   Interactions: 100,836 ratings 0.5..5 with timestamps over
 load_ml1m_melu         ColdStartTasks: MeLU user/item features and support/query tasks of a cold state
 load_sequences         Sequences: Amazon_Beauty, Amazon_Sports_and_Outdoors, Amazon_Toys_and_Games, Yelp
 load_adult             Tabular: 32,561 rows, 6 numeric + 8 categorical columns, label >50K
+load_adult_test        Tabular: adult.test, 16,281 rows, categories indexed by the training vocabulary
 load_lastfm            LastFM: train/test Interactions (play counts) and the trust edges
 load_dataset           dispatch by name (also the offline synthetic sets)
 =====================  ===============================================================================
@@ -35,7 +36,7 @@ from .types import ColdStartTasks, Interactions, LastFM, Sequences, Tabular
 
 __all__ = [
     "SEQUENCE_DATASETS", "DATASETS", "load_dataset", "load_ml100k", "load_ml_latest_small",
-    "load_ml1m_melu", "load_ml1m_melu_interactions", "load_sequences", "load_adult", "load_lastfm",
+    "load_ml1m_melu", "load_ml1m_melu_interactions", "load_sequences", "load_adult", "load_adult_test", "load_lastfm",
     "interactions_to_sequences",
 ]
 
@@ -488,6 +489,48 @@ def load_adult(data_dir=None, *, verify: bool = True) -> Tabular:
     y = np.array([v == ">50K" for v in labels], dtype=np.int32)
     return Tabular(x_num=x_num, x_cat=np.stack(x_cat, axis=1), y=y, num_names=list(ADULT_NUMERIC),
                    cat_names=cat_names, cat_vocab=cat_vocab, label_vocab=["<=50K", ">50K"], name="adult")
+
+
+def load_adult_test(data_dir=None, cat_vocab: list | None = None, *, verify: bool = True) -> Tabular:
+    """UCI Adult's official test file ``adult.test`` (16,281 rows; labels end with a period, ``>50K.``;
+    a first line starting with ``|``, the original file's "1x3 Cross validator" note, is skipped) in the
+    layout of :func:`load_adult`. ``cat_vocab`` (``load_adult(...).cat_vocab``) indexes the categories
+    as in the training file; a category it does not hold raises :class:`DataError` with its line (the
+    missing marker ``?`` is a category like any other). Without ``cat_vocab`` each column gets its own
+    sorted vocabulary."""
+    path = data_file(data_dir, "adult", "adult.test", verify=verify)
+    lines = _read_lines(path)
+    first = 1
+    if lines[0].startswith("|"):
+        lines, first = lines[1:], 2
+    rows = _split_rows(path, lines, ",", ADULT_COLUMNS, first_line=first, strip=True)
+    cols = dict(zip(ADULT_COLUMNS, zip(*rows)))
+    x_num = np.stack([_to_numeric(path, cols[c], c, "float", first_line=first) for c in ADULT_NUMERIC],
+                     axis=1).astype(np.float32)
+    cat_names = [c for c in ADULT_COLUMNS[:-1] if c not in ADULT_NUMERIC]
+    x_cat, vocab_out = [], []
+    for j, c in enumerate(cat_names):
+        if cat_vocab is None:
+            idx, voc = _vocab_index(cols[c])
+        else:
+            voc = list(cat_vocab[j])
+            lookup = {v: k for k, v in enumerate(voc)}
+            unknown = [i for i, v in enumerate(cols[c]) if v not in lookup]
+            if unknown:
+                i = unknown[0]
+                raise data_error(f"unknown {c} {cols[c][i]!r} (not a category of adult.data; "
+                                 f"{len(unknown)} row(s) of adult.test have unknown {c} values)", path=path,
+                                 line=first + i, fix="use the original adult.data / adult.test pair")
+            idx = np.fromiter((lookup[v] for v in cols[c]), dtype=np.int32, count=len(rows))
+        x_cat.append(idx)
+        vocab_out.append(voc)
+    labels = [v.rstrip(".") for v in cols["income"]]
+    ok = np.array([v in ("<=50K", ">50K") for v in labels])
+    _check_range(path, np.array(cols["income"], dtype=object), "income label", ok, "'<=50K.' or '>50K.'",
+                 first_line=first)
+    y = np.array([v == ">50K" for v in labels], dtype=np.int32)
+    return Tabular(x_num=x_num, x_cat=np.stack(x_cat, axis=1), y=y, num_names=list(ADULT_NUMERIC),
+                   cat_names=cat_names, cat_vocab=vocab_out, label_vocab=["<=50K", ">50K"], name="adult-test")
 
 
 # ------------------------------------------------------------------------------------------ lastfm
