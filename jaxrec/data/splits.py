@@ -17,7 +17,7 @@ from .errors import data_error
 from .types import ColdStartTasks, Interactions, Sequences
 
 __all__ = ["Split", "SeqSplit", "ratio_split", "leave_one_out", "k_core", "compact", "cold_start_tasks",
-           "time_split"]
+           "global_split", "standardise_ratings", "time_split"]
 
 
 class Split(NamedTuple):
@@ -205,6 +205,31 @@ def cold_start_tasks(inter: Interactions, n_query: int = 10, min_ratings: int = 
         n_items=inter.n_items, user_features=inter.user_features, item_features=inter.item_features,
         user_ids=inter.user_ids, item_ids=inter.item_ids, vocab=inter.vocab, name=inter.name,
         n_filtered=int(active.size - users.size))
+
+
+def global_split(inter: Interactions, train_frac: float = 0.5, val_frac: float = 0.25, seed=0) -> Split:
+    """Global random split of all rows (SIF's protocol): a seeded permutation, the first
+    ``int(n * train_frac)`` rows to train, the next ``int(n * val_frac)`` to validation, the rest to test
+    (no per-user guarantee; a user or item may be missing from train)."""
+    if not (0 < train_frac < 1 and 0 <= val_frac < 1 and train_frac + val_frac < 1):
+        raise data_error(f"global_split: need 0 < train_frac, 0 <= val_frac and train_frac + val_frac < 1, "
+                         f"got {train_frac} and {val_frac}")
+    n = len(inter)
+    perm = _rng(seed).permutation(n)
+    n_train, n_val = int(n * train_frac), int(n * val_frac)
+    parts = perm[:n_train], perm[n_train:n_train + n_val], perm[n_train + n_val:]
+    return Split(*(inter.subset(np.sort(p)) for p in parts))
+
+
+def standardise_ratings(split: Split) -> tuple[Split, float, float]:
+    """``(split with ratings (r - mean) / std, mean, std)``, mean and (population) std of the training
+    ratings only, applied to all three parts."""
+    if split.train.rating is None:
+        raise data_error("standardise_ratings: the interactions have no ratings")
+    mean, std = float(np.mean(split.train.rating)), float(np.std(split.train.rating))
+    if not std > 0:
+        raise data_error(f"standardise_ratings: the training ratings are constant ({mean}); nothing to standardise")
+    return Split(*(dataclasses.replace(p, rating=(p.rating - mean) / std) for p in split)), mean, std
 
 
 def time_split(inter: Interactions, test_frac: float = 0.2, val_frac: float = 0.25) -> Split:

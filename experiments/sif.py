@@ -1,0 +1,187 @@
+"""SIF (NASP search of interaction functions) vs fixed interaction functions and random / TPE search.
+
+    python -m experiments.sif                                       # synthetic (planted multiply), k = 8, 1 seed
+    python -m experiments.sif --dataset ml-100k --data-dir ../shared/data --ks 2 8 --seeds 3 --out results
+    python -m experiments.sif --dataset ml-100k --data-dir ../shared/data --table efficiency --out results
+    python -m experiments.sif --dataset ml-100k --data-dir ../shared/data --table case --out results
+
+Method and protocol: :mod:`jaxrec.methods.sif`. Tables: ``main`` (SIF, SIF(no-auto), first vs second
+order, every fixed IFC; test RMSE per k; every retrained / fixed model tuned on the same lr x l2 grid on
+seed 0's validation RMSE), ``efficiency`` (best validation RMSE against wall time of SIF, random search and
+TPE, one plot), ``case`` (the searched operation, alpha, p and q plotted, each single operation with the
+searched p, q). On synthetic data the grid is the command line's (default: none, to stay under 2 min).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from jaxrec import cli
+from jaxrec.configs.sif import FIXED, OPS, SIFConfig, check
+
+COLUMNS = ["rmse", "rmse_std"]
+GRID = [{"lr": lr, "l2": l2} for lr in (0.02, 0.05, 0.2) for l2 in (1e-6, 1e-5, 1e-4)]
+SYNTH = {"init_scale": 0.1, "lr": 0.2, "epochs": 30}
+QUICK = {"epochs": 3, "small": True, "patience": 2}
+
+
+def add_flags(p):
+    p.add_argument("--ks", type=int, nargs="+", default=None, help="embedding sizes of --table main (default: "
+                   "8 on synthetic, 2 4 8 16 on real data); --table efficiency / case use the first")
+    p.add_argument("--variants", nargs="+", default=["sif", "no_auto", "second_order"],
+                   choices=["sif", "no_auto", "second_order"], help="search variants in --table main")
+    p.add_argument("--n-random", type=int, default=None, help="random-search architectures (default 100; 10 synthetic)")
+    p.add_argument("--n-tpe", type=int, default=None, help="TPE evaluations (default 200; 10 synthetic)")
+    p.add_argument("--cand-epochs", type=int, default=None, help="training epochs of each random / TPE candidate "
+                   "(default: --epochs / 5)")
+
+
+def _grid(runner):
+    return runner.grid if len(runner.grid) > 1 else ([{}] if runner.dataset == "synthetic" else GRID)
+
+
+def _ks(runner):
+    return runner.args.ks or ([8] if runner.dataset == "synthetic" else [2, 4, 8, 16])
+
+
+def searched(runner, base, variant="sif", retrain=True):
+    """Search on every seed, then retrain the selected op with its p, q (lr x l2 tuned on seed 0)."""
+    flags = {"no_auto": variant == "no_auto", "second_order": variant == "second_order"}
+    cfg = dataclasses.replace(base, model="search", patience=0, **flags)
+    label = f"search-{variant}_k{base.dim}"
+    found = {r["seed"]: r["extra"]["summary"] for r in runner.seeds(cfg, label=label)}
+    if not retrain:
+        return found, []
+    fix = lambda s: dataclasses.replace(base, model="ifc", ifc="searched", op=found[s]["op"],  # noqa: E731
+                                        pq=tuple(found[s]["pq"]), **flags)
+    best, _ = runner.tune(base=fix(runner.seed_list[0]), grid=_grid(runner), label=f"{variant}_k{base.dim}")
+    pick = {k: getattr(best, k) for k in ("lr", "l2")}
+    recs = [runner.run(dataclasses.replace(fix(s), **pick), s, label=f"{variant}_k{base.dim}")
+            for s in runner.seed_list]
+    return found, recs
+
+
+def fixed(runner, base, name):
+    cfg = dataclasses.replace(base, model="ifc", ifc=name)
+    best, _ = runner.tune(base=cfg, grid=_grid(runner), label=f"{name}_k{base.dim}")
+    return runner.seeds(best, label=f"{name}_k{base.dim}")
+
+
+def table_main(runner) -> str:
+    rows, notes = {}, []
+    names = {"sif": "SIF", "no_auto": "SIF(no-auto)", "second_order": "SIF (2nd order)"}
+    for k in _ks(runner):
+        base = dataclasses.replace(runner.base, dim=k)
+        for v in runner.args.variants:
+            found, rows[f"k={k} {names[v]}"] = searched(runner, base, v)
+            notes.append(f"k={k} {names[v]} selected " + ", ".join(f"seed {s}: {a['op']}" for s, a in found.items()))
+        for name in FIXED:
+            rows[f"k={k} {name}"] = fixed(runner, base, name)
+    notes.append("grid (lr x l2) on seed 0's validation RMSE: " + (str(_grid(runner)) if len(_grid(runner)) > 1
+                                                                    else "none (the base config)"))
+    return runner.table("main", rows, COLUMNS, title="SIF vs fixed interaction functions (test RMSE)",
+                        notes=notes, row_header="k, model")
+
+
+def table_efficiency(runner) -> str:
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import optuna
+    from jaxrec.methods import sif
+    from jaxrec.results import typed_command
+
+    base, seed, syn = dataclasses.replace(runner.base, dim=_ks(runner)[0]), runner.seed_list[0], runner.dataset == "synthetic"
+    a = runner.args
+    n_rand, n_tpe = a.n_random or (10 if syn else 100), a.n_tpe or (10 if syn else 200)
+    cand_epochs = a.cand_epochs or max(1, base.epochs // 5)
+    rec = runner.run(dataclasses.replace(base, model="search", patience=0), seed, label=f"search-sif_k{base.dim}")
+    hist = rec["extra"]["history"]
+    curves = {"SIF": (np.cumsum([h["time_s"] for h in hist]), [-h["val"]["neg_rmse"] for h in hist])}
+    data = runner.data(base, seed)
+    train = sif.candidate_trainer(base, data, cand_epochs)
+    archs = sif.sample_archs(np.random.default_rng(seed), n_rand)
+    t, vals = [], []
+    for j in range(0, n_rand, 10):  # 10 candidates per vmapped call
+        out = train(archs[j:j + 10], seed)
+        t += [(t[-1] if t else 0.0) + out["wall_s"]] * len(out["val_rmse"])
+        vals += list(out["val_rmse"])
+        runner.log(f"random search: {len(vals)}/{n_rand} candidates, best val RMSE {min(vals):.4f}, {t[-1]:.0f}s")
+    curves["random"] = (np.asarray(t), vals)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study, t, vals = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed)), [], []
+    for j in range(n_tpe):
+        trial = study.ask()
+        out = train([sif.tpe_space(trial)], seed)
+        study.tell(trial, float(out["val_rmse"][0]))
+        t.append((t[-1] if t else 0.0) + out["wall_s"])
+        vals.append(float(out["val_rmse"][0]))
+        if (j + 1) % 10 == 0:
+            runner.log(f"TPE: {j + 1}/{n_tpe} evaluations, best val RMSE {min(vals):.4f}, {t[-1]:.0f}s")
+    curves["TPE"] = (np.asarray(t), vals)
+    lines = [f"### Search efficiency on {runner.dataset}, k={base.dim}, seed {seed}: best validation RMSE (standardised)",
+             "", "| search | evaluations | best val RMSE | wall time (s) | time to reach random/TPE best (s) |",
+             "|---|---|---|---|---|"]
+    target = min(min(curves["random"][1]), min(curves["TPE"][1]))
+    out = {}
+    for name, (ts, vs) in curves.items():
+        best = np.minimum.accumulate(vs)
+        hit = ts[np.argmax(best <= target)] if (best <= target).any() else float("nan")
+        lines.append(f"| {name} | {len(vs)} | {best[-1]:.4f} | {ts[-1]:.1f} | {hit:.1f} |")
+        out[name] = {"time_s": list(map(float, ts)), "best_val_rmse": list(map(float, best))}
+        plt.step(ts, best, where="post", label=name)
+    lines += ["", f"SIF: the search's own validation RMSE per epoch (supernet at prox_C1(alpha)); random / TPE: each "
+              f"candidate trained {cand_epochs} epochs, scored by its best validation RMSE. Command: "
+              f"`{typed_command()}`"]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if runner.save:
+        plt.xscale("log"), plt.xlabel("wall time (s)"), plt.ylabel("best validation RMSE"), plt.legend()
+        plt.savefig(runner.folder / f"efficiency_k{base.dim}.png", dpi=100)
+        (runner.folder / f"table_efficiency_k{base.dim}.md").write_text(text)
+        (runner.folder / f"efficiency_k{base.dim}.json").write_text(json.dumps(out))
+    return text
+
+
+def table_case(runner) -> str:
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from jaxrec.models import ifc
+
+    base = dataclasses.replace(runner.base, dim=_ks(runner)[0])
+    found, recs = searched(runner, base, "sif")
+    s0 = runner.seed_list[0]
+    rows = {f"SIF ({found[s0]['op']})": recs}
+    pick = {"lr": recs[0]["config"]["lr"], "l2": recs[0]["config"]["l2"]}
+    for op in OPS:  # each single operation with the searched p, q (Fig. 6(c)), at SIF's tuned lr / l2
+        rows[f"{op} + searched p, q"] = [runner.run(dataclasses.replace(
+            base, model="ifc", ifc="searched", op=op, pq=tuple(found[s]["pq"]), **pick), s, label=f"single-{op}_k{base.dim}")
+            for s in runner.seed_list]
+    x = np.linspace(-3, 3, 201)
+    fig, axes = plt.subplots(1, len(found), figsize=(4 * len(found), 3.2), squeeze=False)
+    for ax, (s, a) in zip(axes[0], found.items()):
+        pq = ifc.pq_unflat(a["pq"])
+        ax.plot(x, np.asarray(ifc.mlp_apply(pq["p"], x)), label="p (users)")
+        ax.plot(x, np.asarray(ifc.mlp_apply(pq["q"], x)), label="q (items)")
+        ax.set_title(f"seed {s}: {a['op']}"), ax.set_xlabel("embedding coordinate"), ax.legend()
+    fig.tight_layout()
+    if runner.save:
+        runner.folder.mkdir(parents=True, exist_ok=True)
+        fig.savefig(runner.folder / f"case_pq_k{base.dim}.png", dpi=100)
+    notes = [f"seed {s}: op {a['op']}, alpha " + " ".join(f"{n}={v:.3f}" for n, v in zip(OPS, a["alpha"]))
+             for s, a in found.items()]
+    return runner.table(f"case_k{base.dim}", rows, COLUMNS, notes=notes,
+                        title=f"Case study k={base.dim}: the searched operation and each single op with its p, q")
+
+
+SPEC = cli.Spec(name="sif", config=SIFConfig, method="jaxrec.methods.sif", description=__doc__.splitlines()[0],
+                datasets=("synthetic", "ml-100k", "ml-latest-small"), metric="neg_rmse",
+                tables={"main": table_main, "efficiency": table_efficiency, "case": table_case},
+                tuned={"synthetic": SYNTH}, quick=QUICK, seeds=1, add_flags=add_flags, check=check)
+
+
+def main(argv=None):
+    return cli.main(SPEC, argv)
+
+
+if __name__ == "__main__":
+    main()
