@@ -20,7 +20,7 @@ from jaxrec import method as protocol
 METHODS = [
     ("mf_bpr", "mf_bpr", {}),
     ("mal", "mal", {"eval_every": 1}),
-    ("mclrec", "mclrec", {"ragged_width": 0}),  # MCLRec two-stage, --quick config (5 batches of 64 an epoch)
+    ("lambda_opt_dui", "lambda_opt", {}),  # lambda-Opt-DUI, --quick config
 ]
 EPOCHS = 3
 
