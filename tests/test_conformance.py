@@ -20,6 +20,7 @@ from jaxrec import method as protocol
 METHODS = [
     ("mf_bpr", "mf_bpr", {}),
     ("mal", "mal", {"eval_every": 1}),
+    ("autocross", "autocross", {}),  # AC+LR on the --quick synthetic set (the search runs in load)
     ("lambda_opt_dui", "lambda_opt", {}),  # lambda-Opt-DUI, --quick config
 ]
 EPOCHS = 3
