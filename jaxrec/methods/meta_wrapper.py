@@ -115,10 +115,10 @@ def epoch_indices(cfg: MWConfig, n: int, rng: np.random.Generator) -> dict:
 
 
 def predict(predict_fn, params, arrays: dict, block: int = 4096) -> np.ndarray:
-    """Logits of every row of ``arrays`` in fixed-size blocks (the last one padded: one compilation)."""
+    """Logits of every row of ``arrays`` in blocks of ``block`` rows (the last one padded with copies of the
+    last row, so that every part evaluated with the same ``block`` shares one compilation)."""
     n = len(arrays["label"])
     out = np.empty(n, dtype=np.float64)
-    block = min(block, max(n, 1))
     for s in range(0, n, block):
         idx = np.minimum(np.arange(s, s + block), n - 1)
         out[s:s + block] = np.asarray(predict_fn(params, {k: jnp.asarray(v[idx]) for k, v in arrays.items()}))[
@@ -137,16 +137,17 @@ def evaluate_rows(predict_fn, params, arrays: dict, block: int = 4096) -> dict:
 def method(config: MWConfig, data: CTRSplit) -> Method:
     """``config`` on ``data`` (a :class:`jaxrec.data.ctr.CTRSplit`) as a :class:`jaxrec.method.Method`.
 
-    ``batches(seed, epoch)`` gives the epoch's D_in / D_out row indices (:func:`epoch_indices`) from one
-    ``numpy.random.default_rng(seed)`` stream continued over the epochs (replayed from epoch 0 after a
-    resume); ``step`` gathers the rows from the training set held on the device."""
+    ``batches(seed, epoch)`` gives the epoch's D_in / D_out batches ``{"in": rows, "out": rows}`` (each a
+    dict of ``[steps, B, ...]`` arrays), gathered on the host at the row indices of :func:`epoch_indices`
+    from one ``numpy.random.default_rng(seed)`` stream continued over the epochs (replayed from epoch 0
+    after a resume). The training set is not closed over by the step (XLA would embed it as a constant:
+    twice the compilation time)."""
     cfg, tr = config, data.train
     mcfg = model_config(cfg, tr.n_items, tr.n_cats)
-    rows = {k: jnp.asarray(v) for k, v in tr.arrays().items()}
+    rows = tr.arrays()
     parts = {"train": tr.arrays(), "val": data.val.arrays(), "test": data.test.arrays()}
     tx = optimizer(cfg)
     n_steps = _sizes(cfg, len(tr))[1]
-    take = lambda idx: {k: v[idx] for k, v in rows.items()}  # noqa: E731
     L = lambda th, ph, b: ctr_loss(mcfg, cfg.model, merge_params(th, ph), b)  # noqa: E731
 
     if cfg.variant == "M3":  # theta on L_in, then phi on L_out at the new theta
@@ -163,7 +164,7 @@ def method(config: MWConfig, data: CTRSplit) -> Method:
         return bl.BilevelState(theta, phi, tx.init(theta), tx.init(phi), jnp.zeros((), jnp.int32))
 
     def step(state: bl.BilevelState, batch, key):
-        b_in, b_out = take(batch["in"]), take(batch["out"])
+        b_in, b_out = batch["in"], batch["out"]
         if cfg.variant == "M3":
             state, aux = m3.update(state, b_in, b_out)
             return state, {"loss": aux["inner"] + cfg.mu * aux["outer"]}
@@ -182,19 +183,19 @@ def method(config: MWConfig, data: CTRSplit) -> Method:
         while last < epoch - 1:
             epoch_indices(cfg, len(tr), rng)
             last += 1
-        out = epoch_indices(cfg, len(tr), rng)
+        idx = epoch_indices(cfg, len(tr), rng)
         streams[seed] = (epoch, rng)
-        return {k: jnp.asarray(v) for k, v in out.items()}
+        return {part: {k: jnp.asarray(v[i]) for k, v in rows.items()} for part, i in idx.items()}
 
     predict_fn = jax.jit(lambda params, batch: ctr_logits(params, batch, mcfg, cfg.model))
+    block = min(cfg.eval_batch, max(len(p["label"]) for p in parts.values()))  # one shape: one compilation
 
     def evaluate(state: bl.BilevelState, part: str) -> dict:
         params = merge_params(state.theta, state.lam)
-        out = evaluate_rows(predict_fn, params, parts[part], cfg.eval_batch)
+        out = evaluate_rows(predict_fn, params, parts[part], block)
         if cfg.track_train_loss:
             for name in ("train", "test"):
-                out.update({f"{name}_{k}": v
-                            for k, v in evaluate_rows(predict_fn, params, parts[name], cfg.eval_batch).items()})
+                out.update({f"{name}_{k}": v for k, v in evaluate_rows(predict_fn, params, parts[name], block).items()})
         return out
 
     return Method(init=init, batches=batches, step=step, evaluate=evaluate,
