@@ -19,8 +19,11 @@ best state on ``val`` and ``test``. It returns a :class:`RunResult`, the one res
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import threading
 import time
+import weakref
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -28,7 +31,7 @@ import numpy as np
 
 from jaxrec.train import fit
 
-__all__ = ["Method", "RunResult", "train", "epoch_function"]
+__all__ = ["Method", "RunResult", "train", "epoch_function", "heartbeat"]
 
 
 class Method(NamedTuple):
@@ -65,9 +68,15 @@ class RunResult:
                 "history": self.history, "summary": self.summary}
 
 
+_EPOCHS: "weakref.WeakKeyDictionary[Callable, Callable]" = weakref.WeakKeyDictionary()
+
+
 def epoch_function(step: Callable) -> Callable:
     """Jitted ``epoch(state, batches, key) -> (state, mean metrics)``: ``lax.scan`` of ``step`` over the
-    leading axis of ``batches``, one key per step split from ``key``."""
+    leading axis of ``batches``, one key per step split from ``key``. One per ``step`` function (kept while
+    the step lives), so training the same ``Method`` again (seeds, resumes) compiles once."""
+    if step in _EPOCHS:
+        return _EPOCHS[step]
 
     @jax.jit
     def epoch(state, batches, key):
@@ -75,6 +84,7 @@ def epoch_function(step: Callable) -> Callable:
         state, logs = jax.lax.scan(lambda s, xs: step(s, xs[0], xs[1]), state, (batches, jax.random.split(key, n)))
         return state, jax.tree_util.tree_map(lambda v: v.mean(), logs)
 
+    _EPOCHS[step] = epoch
     return epoch
 
 
@@ -97,8 +107,9 @@ def train(method: Method, *, seed: int, epochs: int, metric: str, patience: int 
         if first and log is not None:
             log("compiling the step ...")
         t0 = time.perf_counter()
-        state, logs = epoch_jit(state, batches, jax.random.fold_in(base_key, epoch))
-        jax.block_until_ready(state)
+        with heartbeat(log, "compiling the step" if first else f"training epoch {epoch}"):
+            state, logs = epoch_jit(state, batches, jax.random.fold_in(base_key, epoch))
+            jax.block_until_ready(state)
         dt = time.perf_counter() - t0
         if first:
             timer["first"], timer["compile_s"] = False, dt
@@ -107,8 +118,12 @@ def train(method: Method, *, seed: int, epochs: int, metric: str, patience: int 
         timer["train_s"] += dt
         return state, logs
 
+    def evaluate_val(s):
+        with heartbeat(log, "evaluating"):
+            return method.evaluate(s, "val")
+
     state = method.init(jax.random.PRNGKey(seed))
-    best, history = fit(state, run_epoch, lambda s: method.evaluate(s, "val"), epochs=epochs, patience=patience,
+    best, history = fit(state, run_epoch, evaluate_val, epochs=epochs, patience=patience,
                         metric=metric, mode=mode, eval_every=eval_every, ckpt_dir=ckpt_dir, log=log,
                         log_every=log_every or eval_every, desc=desc)
     summary = method.summary(best) if method.summary is not None else {}
@@ -116,6 +131,29 @@ def train(method: Method, *, seed: int, epochs: int, metric: str, patience: int 
                      best_epoch=history.best_epoch, epochs_run=len(history), history=list(history),
                      wall_time_s=history.elapsed_s, train_time_s=timer["train_s"], compile_s=timer["compile_s"],
                      state=best, summary={k: _plain(v) for k, v in summary.items()})
+
+
+@contextlib.contextmanager
+def heartbeat(log: Callable[[str], Any] | None, what: str, every: float = 10.0):
+    """While the ``with`` body runs, ``log(f"still {what} ({t:.0f}s)")`` every ``every`` seconds from a
+    background thread (XLA compiles without the GIL), so that a long compilation is not silent; ``log=None``
+    does nothing."""
+    if log is None:
+        yield
+        return
+    stop, t0 = threading.Event(), time.perf_counter()
+
+    def beat():
+        while not stop.wait(every):
+            log(f"still {what} ({time.perf_counter() - t0:.0f}s)")
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _plain(v):
