@@ -7,20 +7,23 @@ positions set to 0), the weighted pooling, the predictor MLP and the mean binary
 ``L_in(theta, phi) + mu L_out(U^N(theta), phi)`` unrolls ``U(theta) = theta - beta grad_theta L_in`` with
 ``torch.autograd.grad(..., create_graph=True)``; both steps end with ``torch.optim.Adam``.
 
-Steps compared (on the same D_in and D_out batches, gathered from the training set inside the step):
+Steps compared (on the same D_in and D_out batches of training rows):
 
 - ``DIN``: gradient of the BCE on one batch + Adam (the ``plain`` variant);
 - ``MW N=1`` / ``MW N=2``: the joint objective's gradient in theta and phi through N unrolled steps + Adam (M4).
 
-jaxrec's side is ``jaxrec.methods.meta_wrapper.make_step``. **Agreement first:** in float64 both sides'
-objective values and gradients (every parameter) must agree to ``--tol`` before anything is timed.
-**Timing:** float32, compiled / warmed up first, ``--rounds`` interleaved rounds of ``--steps`` steps per
-(step, framework); median time per step; PyTorch uses as many threads as XLA (``--threads``).
+jaxrec's side is the method's own step, ``jaxrec.methods.meta_wrapper.method(config, data).step`` (jitted;
+the gradients it follows are :func:`jaxrec.methods.meta_wrapper.objective_grads` / ``ctr_loss``).
+**Agreement first:** in float64 both sides' objective values and gradients (every parameter) must agree to
+``--tol`` before anything is timed. **Timing:** float32, compiled / warmed up first, ``--rounds`` interleaved
+rounds of ``--steps`` steps per (step, framework); median time per step; PyTorch uses as many threads as XLA
+(``--threads``). The MW N = 1, 2, 3 / M2 / M3 step times against DIN's, jaxrec only, are
+``python -m benchmarks.meta_wrapper_timing``.
 
-    python benchmarks/meta_wrapper_torch.py                                        # synthetic, batch 128
-    JAXREC_DATA=../shared/data python benchmarks/meta_wrapper_torch.py --dataset ml-100k --batch-size 256
+    python -m benchmarks.meta_wrapper_torch --out results                          # synthetic, batch 128
+    JAXREC_DATA=../shared/data python -m benchmarks.meta_wrapper_torch --dataset ml-100k --batch-size 256 --out results
 
-Needs ``torch`` (not a jaxrec dependency). Writes ``results/meta_wrapper_torch/<dataset>/timing.json``.
+Needs ``torch`` (not a jaxrec dependency). Writes ``<out>/meta_wrapper_torch/<dataset>/timing.json``.
 """
 from __future__ import annotations
 
@@ -31,18 +34,18 @@ import sys
 import time
 
 import jax
-
-jax.config.update("jax_enable_x64", True)  # float64 for the agreement check; the timing uses float32 explicitly
-
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax.numpy as jnp
+import numpy as np
 
 try:  # python -m benchmarks.<name>, or imported by the tests
     from benchmarks.torch_util import import_torch  # noqa: E402
 except ImportError:  # python benchmarks/<name>.py
     from torch_util import import_torch  # noqa: E402
+from jaxrec.cli import live_output  # noqa: E402
+from jaxrec.data import resolve_data_dir  # noqa: E402
 from jaxrec.methods import meta_wrapper as mw  # noqa: E402
-from jaxrec.models.ctr import cast_params, merge_params, split_params  # noqa: E402
+from jaxrec.models.ctr import cast_params, init_params, merge_params, split_params  # noqa: E402
+from jaxrec.results import save_result  # noqa: E402
 
 
 def _paths(tree) -> dict[str, jax.Array]:
@@ -123,10 +126,16 @@ def _rel(a, b) -> float:
 
 
 def agreement(cfg, mcfg, data, idx_in, idx_out) -> float:
-    """Largest relative difference of the objective and of any parameter's gradient (float64)."""
+    """Largest relative difference of the objective and of any parameter's gradient (float64; x64 is
+    switched on for this call only)."""
+    with jax.enable_x64(True):
+        return _agreement(cfg, mcfg, data, idx_in, idx_out)
+
+
+def _agreement(cfg, mcfg, data, idx_in, idx_out) -> float:
     import torch
 
-    params = cast_params(mw.init_state(cfg, mcfg, jax.random.PRNGKey(0)).params, jnp.float64)
+    params = cast_params(init_params(mcfg, cfg.model, jax.random.PRNGKey(0)), jnp.float64)
     d = {k: jnp.asarray(v) for k, v in data.items()}
     b_in = {k: v[idx_in] for k, v in d.items()}
     b_out = {k: v[idx_out] for k, v in d.items()}
@@ -146,25 +155,21 @@ def agreement(cfg, mcfg, data, idx_in, idx_out) -> float:
 
 
 def main(argv=None):
-    from experiments.meta_wrapper import load_split
-    from jaxrec.cli import live_output
-    from jaxrec.results import save_result
-
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dataset", default="synthetic")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--max-len", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=20, help="steps per (framework, round)")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--tol", type=float, default=1e-9)
-    p.add_argument("--out", default="results")
+    p.add_argument("--out", default="runs", help="results root (the stored timings: --out results)")
     args = p.parse_args(argv)
     live_output()
     torch = import_torch("benchmarks/meta_wrapper_torch.py", args.threads)
     t_start = time.perf_counter()
-    split = load_split(args, 0)
+    base = mw.MWConfig(batch_size=args.batch_size)
+    split = mw.load(base, args.dataset, resolve_data_dir(args.data_dir) if args.dataset != "synthetic" else None, 0)
     tr = split.train
     data = {k: np.asarray(v) for k, v in tr.arrays().items()}
     data = {k: (v.astype(np.int32) if v.dtype.kind in "iu" else v.astype(np.float32)) for k, v in data.items()}
@@ -174,6 +179,8 @@ def main(argv=None):
     steps = {"DIN": mw.MWConfig(model="din", variant="plain", batch_size=bs),
              "MW N=1": mw.MWConfig(variant="M4", n_inner=1, batch_size=bs),
              "MW N=2": mw.MWConfig(variant="M4", n_inner=2, batch_size=bs)}
+    jbatch = {"in": {k: jnp.asarray(v[idx_in]) for k, v in tr.arrays().items()},  # the step's batch: the rows
+              "out": {k: jnp.asarray(v[idx_out]) for k, v in tr.arrays().items()}}
     print(f"{args.dataset} (batch {bs}): torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"jax {jax.__version__} ({jax.devices()[0].platform}), load average {os.getloadavg()[0]:.1f}")
     rows, runners = {}, {}
@@ -182,19 +189,18 @@ def main(argv=None):
         agree = agreement(cfg, mcfg, data, idx_in, idx_out)
         if agree > args.tol:
             sys.exit(f"{name}: the PyTorch and JAX steps disagree in float64 (max rel. diff {agree:.2e}); not timing")
-        state = mw.init_state(cfg, mcfg, jax.random.PRNGKey(0), dtype=jnp.float32)
-        jstep = mw.make_step(cfg, mcfg)
-        jdata = {k: jnp.asarray(v) for k, v in data.items()}
-        ji, jo = jnp.asarray(idx_in, jnp.int32), jnp.asarray(idx_out, jnp.int32)
-        tm = TorchMW(cfg, state.params, data, torch.float32)
+        m = mw.method(cfg, split)  # float32
+        state = m.init(jax.random.PRNGKey(0))
+        jstep = jax.jit(m.step)
+        tm = TorchMW(cfg, merge_params(state.theta, state.lam), data, torch.float32)
         ti, to = torch.as_tensor(idx_in), torch.as_tensor(idx_out)
         box = {"s": state}
 
-        def run_jax(jstep=jstep, box=box, jdata=jdata, ji=ji, jo=jo):
+        def run_jax(jstep=jstep, box=box):
             s = box["s"]
             for _ in range(args.steps):
-                s, _ = jstep(s, jdata, ji, jo, jax.random.PRNGKey(1))
-            jax.block_until_ready(s.params)
+                s, _ = jstep(s, jbatch, jax.random.PRNGKey(1))
+            jax.block_until_ready(s)
             box["s"] = s
 
         def run_torch(tm=tm, ti=ti, to=to):
