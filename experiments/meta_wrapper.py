@@ -1,7 +1,7 @@
 """Meta-Wrapper vs CTR baselines: synthetic overfitting study, main table, ablation M1-M4, two-stage tuning
 and sensitivity (N, mu, beta).
 
-    python -m experiments.meta_wrapper                          # Meta-Wrapper on the synthetic set, < 2 min
+    python -m experiments.meta_wrapper                          # MW on the synthetic set, 15 epochs, < 2 min
     python -m experiments.meta_wrapper --table synthetic --seeds 5 --epochs 15 --lr 3e-3 --out results
     python -m experiments.meta_wrapper --table tune --dataset ml-100k --lrs 1e-3 5e-3 --l2s 0 1e-6
     python -m experiments.meta_wrapper --table main --tuned --dataset ml-100k --seeds 5
@@ -15,6 +15,7 @@ embedding size (``--batch-sizes`` x ``--emb-dims``), and writes ``<out>/meta_wra
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 from pathlib import Path
@@ -32,19 +33,29 @@ REAL = ("ml-100k", "Amazon_Beauty", "Amazon_Toys_and_Games", "Amazon_Sports_and_
 SENSITIVITY = {"n_inner": (1, 2, 3), "mu": (0.2, 0.4, 0.6, 0.8), "beta": (1e-4, 1e-3, 1e-2, 1.0)}
 
 
+def _checked(check: str, kind=float):
+    """argparse type: ``kind`` that passes ``cli.CHECKS[check]`` (else exit 2, one line)."""
+    def parse(text):
+        v = kind(text)
+        if not cli.CHECKS[check][0](v):
+            raise argparse.ArgumentTypeError(f"{text} is not allowed; use {cli.CHECKS[check][1]}")
+        return v
+    return parse
+
+
 def add_flags(p):
     p.add_argument("--model", default="mw", choices=sorted(PRESETS), help="--table single: the model")
     p.add_argument("--models", nargs="+", choices=sorted(PRESETS), help="the rows of a table (default: its own)")
     p.add_argument("--tuned", action="store_true", help="use <out>/meta_wrapper/<dataset>/tuned.json per model")
     p.add_argument("--no-train-loss", action="store_true", help="skip the per-epoch training-set / test evaluation")
-    p.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 5e-3], help="--table tune: learning rates")
-    p.add_argument("--l2s", type=float, nargs="+", default=[0.0, 1e-6], help="--table tune: l2 weights")
-    p.add_argument("--batch-sizes", type=int, nargs="+", help="--table tune --tuned: second-stage batch sizes")
-    p.add_argument("--emb-dims", type=int, nargs="+", help="--table tune --tuned: second-stage embedding sizes")
+    p.add_argument("--lrs", type=_checked("rate"), nargs="+", default=[1e-3, 5e-3], help="--table tune: learning rates")
+    p.add_argument("--l2s", type=_checked("nonneg"), nargs="+", default=[0.0, 1e-6], help="--table tune: l2 weights")
+    p.add_argument("--batch-sizes", type=_checked("positive", int), nargs="+", help="--table tune --tuned: second-stage batch sizes")
+    p.add_argument("--emb-dims", type=_checked("positive", int), nargs="+", help="--table tune --tuned: second-stage embedding sizes")
     p.add_argument("--factors", nargs="+", default=list(SENSITIVITY), choices=list(SENSITIVITY),
                    help="--table sensitivity: the factors varied one at a time")
-    p.add_argument("--fs-l2", type=float, default=1e-4, help="l2 of the FS+L2 synthetic baseline")
-    p.add_argument("--fs-dropout", type=float, default=0.5, help="dropout of the FS+dropout synthetic baseline")
+    p.add_argument("--fs-l2", type=_checked("nonneg"), default=1e-4, help="l2 of the FS+L2 synthetic baseline")
+    p.add_argument("--fs-dropout", type=_checked("fraction"), default=0.5, help="dropout of the FS+dropout synthetic baseline")
 
 
 def label(cfg) -> str:
@@ -149,7 +160,9 @@ def table_synthetic(runner) -> str:
 
 def table_tune(runner) -> str:
     """Stage 1: lr x l2 per model; stage 2 (``--tuned`` + ``--batch-sizes`` / ``--emb-dims``): batch size x
-    embedding size at each model's lr / l2. Best validation AUC on seed 0; merged into tuned.json."""
+    embedding size at each model's lr / l2. Best validation AUC on the first seed; merged into tuned.json."""
+    from jaxrec.results import grid_edge_notes
+
     a = runner.args
     names = tuple(a.models or MAIN)
     shape = bool(a.batch_sizes or a.emb_dims)
@@ -163,21 +176,23 @@ def table_tune(runner) -> str:
         grid = [{"lr": lr, "l2": l2} for lr in a.lrs for l2 in a.l2s]
         name_of = "lr={lr:g},l2={l2:g}".format
     old = json.loads(tuned_path(runner).read_text()) if tuned_path(runner).exists() else {}
-    entries, rows = {}, {}
+    entries, rows, notes = {}, {}, []
     for n in runner.order(names):
         base = config(runner, n)
         if shape:
             base = dataclasses.replace(base, lr=old[n]["lr"], l2=old[n]["l2"])
         best, points = runner.tune(base, grid, label(base))
-        scores = {name_of(**{k: p[k] for k in grid[0]}): p["val_auc"] for p in points}
+        ok = [p for p in points if "error" not in p]
+        scores = {name_of(**{k: p[k] for k in grid[0]}): p["val_auc"] for p in ok}
         chosen = {k: getattr(best, k) for k in grid[0]}
+        notes += [f"note: {n}: {t}" for t in grid_edge_notes(ok, chosen)]
         entries[n] = (dict(old.get(n, {}), lr=base.lr, l2=base.l2, **chosen, val_auc=scores[name_of(**chosen)],
                            grid_shape=scores) if shape else dict(chosen, val_auc=scores[name_of(**chosen)], grid=scores))
         rows[n] = [{"metrics": {"val": scores}}]
     text = runner.table("tune_shape" if shape else "tune", {n: rows[n] for n in names}, list(rows[names[0]][0]["metrics"]["val"]),
                         part="val", title="validation AUC per grid point",
                         notes=["selected: " + "; ".join(f"{n} " + " ".join(f"{k}={entries[n][k]:g}" for k in grid[0])
-                                                       for n in names)])
+                                                       for n in names), *notes])
     if runner.save:
         tuned_path(runner).write_text(json.dumps({**old, **{n: entries[n] for n in names}}, indent=2))
         runner.log(f"wrote {tuned_path(runner)}")
@@ -200,7 +215,7 @@ SPEC = cli.Spec(name="meta_wrapper", config=MWConfig, method="jaxrec.methods.met
                 description=__doc__.splitlines()[0], datasets=("synthetic", *REAL), metric="auc",
                 tables={"single": table_single, "synthetic": table_synthetic, "tune": table_tune, "main": table_main,
                         "ablation": table_ablation, "sensitivity": table_sensitivity},
-                default_table="single", tuned={"synthetic": {"epochs": 30}, **{d: {"epochs": 5} for d in REAL}},
+                default_table="single", tuned={"synthetic": {"epochs": 15}, **{d: {"epochs": 5} for d in REAL}},
                 quick={"epochs": 2}, seeds=1, add_flags=add_flags)
 
 

@@ -137,15 +137,17 @@ def test_dropout_needs_key_and_is_train_only():
 def test_baselines_learn_interest_signal():
     """On the synthetic set the category carries the signal (Bayes AUC ~0.66 w.r.t. noisy labels, 1.0 w.r.t.
     the noise-free ones); a few epochs of each model must rank the noise-free test labels well above chance."""
+    from jaxrec import method as protocol
     from jaxrec.data.ctr import synthetic_interest_groups
-    from jaxrec.methods.meta_wrapper import MWConfig, make_predict, model_config, predict, train
+    from jaxrec.methods.meta_wrapper import MWConfig, method, model_config, predict
     from jaxrec.metrics import auc
 
     split = synthetic_interest_groups(seed=0, n_users=30, n_items=2000)
     for kind in ("pnn",):
         cfg = MWConfig(model=kind, variant="plain", epochs=3, batch_size=64, lr=1e-2, emb_dim=8,
                        track_train_loss=False, eval_batch=256)
-        res = train(cfg, split, seed=0)
-        pred = make_predict(model_config(cfg, split.train.n_items, split.train.n_cats), kind)
-        scores = predict(pred, res["params"], split.test.arrays())
+        res = protocol.train(method(cfg, split), seed=0, epochs=cfg.epochs, metric="auc", log=None)
+        mcfg = model_config(cfg, split.train.n_items, split.train.n_cats)
+        pred = jax.jit(lambda p, b: ctr_logits(p, b, mcfg, kind))  # noqa: B023
+        scores = predict(pred, merge_params(res.state.theta, res.state.lam), split.test.arrays(), cfg.eval_batch)
         assert float(auc(jnp.asarray(split.test.true_label), jnp.asarray(scores))) > 0.8, kind

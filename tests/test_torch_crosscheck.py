@@ -45,12 +45,10 @@ def test_mal_update_and_hypergradients_agree_with_pytorch():
 
 def test_meta_wrapper_gradients_agree_with_pytorch():
     out = _run("""
-        import argparse
         import numpy as np
         import benchmarks.meta_wrapper_torch as B
-        from experiments.meta_wrapper import load_split
         from jaxrec.methods import meta_wrapper as mw
-        tr = load_split(argparse.Namespace(dataset="synthetic", data_dir=None, max_len=50), 0).train
+        tr = mw.load(mw.MWConfig(), "synthetic", None, 0).train
         data = {k: np.asarray(v) for k, v in tr.arrays().items()}
         rng = np.random.default_rng(1)
         i_in, i_out = rng.integers(0, len(tr), 64), rng.integers(0, len(tr), 64)
