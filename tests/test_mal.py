@@ -88,6 +88,124 @@ def test_sample_aux_respects_neighbourhoods(shared):
     assert counts[1] > 60 and counts[2] > 60
 
 
+# a hand case where the top-M list (M = 1) is smaller than the neighbour set: N_0 = {1, 2, 6}, N_6 = {0, 1, 2, 5}
+_R7 = np.array([[1, 1, 0, 0], [1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 1], [0, 0, 0, 0], [0, 0, 1, 0], [1, 1, 1, 0]],
+               dtype=np.float32)
+
+
+def test_threshold_pairs_hand_case_and_no_neighbor_share():
+    from jaxrec.neighbors import no_neighbor_share, threshold_pairs
+
+    r = sp.csr_matrix(_R7)
+    pairs = threshold_pairs(r, 0.5, block_size=3).toarray()
+    sets = [set(np.flatnonzero(row).tolist()) for row in pairs]
+    assert sets == [{1, 2, 6}, {0, 2, 6}, {0, 1, 6}, {5}, set(), {3, 6}, {0, 1, 2, 5}]  # cos 1/sqrt(2), 1/sqrt(3), ...
+    assert pairs[4].sum() == 0 and not pairs[np.arange(7), np.arange(7)].any()  # empty row; never itself
+    rng = np.random.default_rng(0)
+    big = sp.csr_matrix((rng.random((80, 30)) < 0.12).astype(np.float32))
+    share = no_neighbor_share(big, (0.1, 0.3, 0.5), block_size=16)
+    for tau in (0.1, 0.3, 0.5):  # the untruncated set's rows are the top-M lists when M is large enough
+        nb = cosine_neighbors(big, tau, max_neighbors=80, block_size=16)
+        full = threshold_pairs(big, tau, block_size=7)
+        assert [set(full[a].indices.tolist()) for a in range(80)] == nb.as_sets()
+        assert share[tau]["no_neighbor"] == pytest.approx(np.mean(nb.count == 0), abs=1e-12)
+        assert share[tau]["mean_size"] == pytest.approx(nb.count.mean(), abs=1e-12)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_threshold_negatives_exclude_every_entity_above_tau(shared):
+    """``negatives="threshold"`` (Eq. 5): no candidate with cos >= tau is a valid negative, although the top-M
+    list (M = 1) holds only the single most similar entity; the positives still come from that list."""
+    from jaxrec.neighbors import pair_keys, threshold_pairs
+
+    r = sp.csr_matrix(_R7)
+    cfg = mal.MALConfig(tau=0.5, max_neighbors=1, negatives="threshold")
+    nb = mal.build_neighbors(r, cfg)["user"]
+    keys = mal.build_exclusions(r, cfg)["user"]
+    np.testing.assert_array_equal(keys, pair_keys(threshold_pairs(r, 0.5)))
+    above = _R7 @ _R7.T / np.maximum(np.linalg.norm(_R7, axis=1), 1e-9)[:, None] \
+        / np.maximum(np.linalg.norm(_R7, axis=1), 1e-9)[None, :] >= 0.5 - 1e-6  # dense, by hand (7 x 7)
+    anchors = jnp.asarray(np.repeat(np.arange(7), 60), jnp.int32)
+    k = 7 if shared else 10
+    for excl in (jnp.asarray(keys), None):
+        s = mal.sample_aux(jax.random.PRNGKey(1), anchors, jnp.asarray(nb.index), jnp.asarray(nb.count), 7, k,
+                           shared, excl)
+        neg, mask, pos = np.asarray(s["neg"]), np.asarray(s["mask"]), np.asarray(s["pos"])
+        neg = np.broadcast_to(neg, mask.shape) if shared else neg
+        a = np.asarray(anchors)[:, None]
+        bad = mask & above[a, neg]  # a valid negative at cos >= tau (or the anchor itself: cos 1)
+        if excl is not None:
+            assert not bad.any()
+            np.testing.assert_array_equal(mask, (neg != a) & ~above[a, neg])  # and every other candidate is valid
+            assert set(pos[np.asarray(anchors) == 0].tolist()) == {1}  # the top-1 list supplies the positive
+        else:
+            assert bad.any()  # "topm" (stored runs): entities 2 and 6 can be negatives of 0
+
+
+def test_meta_split_is_disjoint_from_train_and_validation(tiny_split):
+    """``meta_frac=0.1``: D_meta is ~10% of each user's training interactions, disjoint from Theta's training
+    data, validation and test; together with train it is the old training part; validation excludes it;
+    the meta batches come from it only. ``meta_frac=0`` is the stored runs' data (D_meta = validation)."""
+    old, new = mal.prepare(tiny_split), mal.prepare(tiny_split, meta_frac=0.1, seed=3)
+    pairs = lambda m: set(zip(*sp.coo_matrix(m).nonzero()))
+    tr, me, va, te = (pairs(new[k]) for k in ("train", "meta", "val", "test"))
+    assert me and not (me & tr) and not (me & va) and not (me & te)
+    assert me | tr == pairs(old["train"]) and va == pairs(old["val"]) and te == pairs(old["test"])
+    deg = old["train"].getnnz(axis=1)
+    np.testing.assert_array_equal(new["meta"].getnnz(axis=1), np.minimum(np.floor(0.1 * deg + 0.5), deg - 1))
+    assert pairs(new["val_exclude"]) == tr | me and pairs(new["seen"]) == tr | me | va
+    tb, mb = mal.epoch_batches(mal.MALConfig(batch_size=256, meta_batch_size=128, meta_frac=0.1), new, 0, 0)
+    meta_pairs = set(zip(np.asarray(mb["user"]).ravel().tolist(), np.asarray(mb["pos"]).ravel().tolist()))
+    train_pairs = set(zip(np.asarray(tb["user"]).ravel().tolist(), np.asarray(tb["pos"]).ravel().tolist()))
+    assert meta_pairs <= me and train_pairs <= tr
+    assert pairs(old["meta"]) == pairs(old["val"]) and pairs(old["val_exclude"]) == pairs(old["train"])
+    # the runner's data hook: the split depends on meta_frac
+    assert "meta_frac" in mal.DATA_FIELDS
+
+
+def test_new_fields_keep_the_stored_runs_keys():
+    """``meta_frac`` / ``negatives`` at their defaults leave a stored run's cache key as it was; changed, they
+    enter it."""
+    import json
+    from pathlib import Path
+
+    from jaxrec.experiment import config_hash
+
+    path = next(iter(sorted((Path(__file__).parents[1] / "results" / "mal" / "ml-100k").glob("MF-MAL_*_seed0.json"))))
+    cfg = mal.MALConfig(**{k: tuple(v) if isinstance(v, list) else v
+                           for k, v in json.loads(path.read_text())["config"].items()})
+    assert path.name == f"MF-MAL_{config_hash(cfg)}_seed0.json"
+    keys = {config_hash(dataclasses.replace(cfg, **kw)) for kw in ({}, {"meta_frac": 0.1}, {"negatives": "threshold"})}
+    assert len(keys) == 3
+
+
+def test_paper_grids_equal_budgets_and_protocol():
+    """``--grid paper``: the paper's five taus and MAL's meta lr grid; every fixed-weight variant gets as many
+    points (three weights); every row runs with D_meta held out and threshold negatives; the table's own
+    fields are refused as flags."""
+    meta, fixed = exp.aux_grid("paper", "sog"), exp.aux_grid("paper", "fixed")
+    assert len(meta) == len(fixed) == 15
+    assert sorted({p["tau"] for p in meta}) == sorted({p["tau"] for p in fixed}) == [0.1, 0.2, 0.3, 0.4, 0.5]
+    assert sorted({p["meta_lr"] for p in meta}) == [1e-4, 1e-3, 1e-2]
+    assert len({p["weight_init"] for p in fixed}) >= 2
+    assert exp.aux_grid("full", "fixed") == exp.aux_grid("full", "sog") == exp.AUX_GRID["full"]  # stored tables
+    ns = argparse.Namespace(bases=None, grid="paper", lrs=None, l2s=None, variants=None, aux=None,
+                            **{k: None for k in (*exp.TABLE_OWNED, *exp.PAPER_OWNED)})
+    runner = argparse.Namespace(args=ns, grid=[{}], base=mal.MALConfig())
+    exp._args(runner, "ablation")
+    assert runner.base.meta_frac == 0.1 and runner.base.negatives == "threshold"
+    ns.meta_lr = 1e-3
+    with pytest.raises(ValueError, match="meta-lr"):
+        exp._args(runner, "ablation")
+
+
+def test_cli_neighbors_table(tmp_path, capsys):
+    exp.main(["--table", "neighbors", "--out", str(tmp_path)])
+    text = (tmp_path / "mal" / "synthetic" / "table_neighbors.md").read_text()
+    assert [r.split("|")[1].strip() for r in text.splitlines() if r.startswith("| 0.")] == \
+        ["0.1", "0.2", "0.3", "0.4", "0.5"]
+
+
 # ---------------------------------------------------------------------------------- tiny bilevel problem
 
 
@@ -312,6 +430,67 @@ def test_update_is_theta_step_then_lambda_step_at_the_new_theta():
         assert float(mal.make_hypergrad(cfg, inner, outer)(theta1, new.lam, batch, meta)[0]) < float(v)
         fixed, _ = jax.jit(mal.make_update(dataclasses.replace(cfg, mode="fixed")).update)(state, batch, meta)
         np.testing.assert_array_equal(fixed.lam["user"], lam["user"])  # mode "fixed": Lambda stays
+
+
+def _adam(g, m, v, t, lr, eps, b1=0.9, b2=0.999):
+    """One Adam step written out in numpy: ``(update, m, v)`` for step number ``t`` (1-based)."""
+    m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g ** 2
+    return -lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps), m, v
+
+
+@pytest.mark.parametrize("eps", [1e-20, 1e-3])
+def test_lambda_step_is_hand_written_adam_on_the_hypergradient_at_the_post_step_theta(eps):
+    """Two steps of the method's own update against a hand-written Adam on Theta (grad L_in) then on Lambda
+    with the one-step hypergradient taken at the NEW Theta (written out with jax.grad of
+    ``L_pri(Theta' - alpha grad L_in(Theta', Lambda))``). The second step's Adam moments make the lambda step
+    depend on the hypergradient's size, not only its sign (the first step is ``lr * sign`` at eps ~ 0), so
+    taking the hypergradient at the pre-step Theta, or a flipped sign, is caught; the test checks that both
+    would give a different Lambda here."""
+    with jax.enable_x64(True):
+        cfg, theta, lam, batch, meta, _ = _tiny(seed=5)
+        cfg = dataclasses.replace(cfg, lr=0.05, meta_lr=0.1, meta_eps=eps)
+        inner, outer = mal.make_losses(cfg)
+        step = jax.jit(mal.make_update(cfg).update)
+        state = mal.init_state(jax.random.PRNGKey(0), cfg, 4, 5, dtype=jnp.float64)._replace(theta=theta, lam=lam)
+        batch2 = {**batch, "user": batch["user"][::-1], "pos": batch["pos"][::-1]}  # a second, different batch
+        np_ = lambda tree: {k: np.asarray(v, np.float64) for k, v in tree.items()}
+
+        @jax.jit
+        def hg(th, la, b):  # d/dLambda L_pri(Theta~), Theta~ = Theta - alpha grad_Theta L_in, by hand
+            def f(l):
+                g = jax.grad(inner)(th, l, b)
+                return outer({k: th[k] - cfg.alpha * g[k] for k in th}, l, meta)
+            return jax.grad(f)(la)
+
+        grad_in = jax.jit(jax.grad(inner))
+        hypergrad = lambda th, la, b: np_(hg(th, {k: jnp.asarray(v) for k, v in la.items()}, b))
+
+        th, la = np_(theta), np_(lam)
+        mt = {k: np.zeros_like(v) for k, v in th.items()}
+        vt = {k: np.zeros_like(v) for k, v in th.items()}
+        ml = {k: np.zeros_like(v) for k, v in la.items()}
+        vl = {k: np.zeros_like(v) for k, v in la.items()}
+        alt = {"pre": dict(la), "flip": dict(la)}
+        for t, b in ((1, batch), (2, batch2)):
+            state, _ = step(state, b, meta)
+            g = np_(grad_in({k: jnp.asarray(v) for k, v in th.items()}, {k: jnp.asarray(v) for k, v in la.items()}, b))
+            d_pre = hypergrad({k: jnp.asarray(v) for k, v in th.items()}, la, b)  # the wrong place (for the check)
+            for k in th:
+                u, mt[k], vt[k] = _adam(g[k], mt[k], vt[k], t, cfg.lr, 1e-8)
+                th[k] = th[k] + u
+            d = hypergrad({k: jnp.asarray(v) for k, v in th.items()}, la, b)
+            for k in la:
+                u, ml_k, vl_k = _adam(d[k], ml[k], vl[k], t, cfg.meta_lr, eps)
+                alt["pre"][k] = la[k] + _adam(d_pre[k], ml[k], vl[k], t, cfg.meta_lr, eps)[0]
+                alt["flip"][k] = la[k] + _adam(-d[k], ml[k], vl[k], t, cfg.meta_lr, eps)[0]
+                la[k], ml[k], vl[k] = la[k] + u, ml_k, vl_k
+            for k in ("user", "item"):
+                np.testing.assert_allclose(state.theta[k], th[k], rtol=1e-9, atol=1e-12)
+                np.testing.assert_allclose(state.lam[k], la[k], rtol=1e-9, atol=1e-12)
+        # the test can tell the bugs apart from the algorithm: after step 2 both give another Lambda
+        for bug in ("pre", "flip"):
+            gap = max(np.abs(alt[bug][k] - la[k]).max() for k in la)
+            assert gap > 1e-4, bug
 
 
 @pytest.fixture(scope="module")
