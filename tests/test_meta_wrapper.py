@@ -2,6 +2,7 @@
 independent unroll, the ablation objectives M1-M4 switch the right terms, M3 alternates correctly, and a
 short training run is reproducible."""
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +13,7 @@ import pytest
 from jaxrec.losses import bce_with_logits
 from jaxrec import bilevel as bl
 from jaxrec import method as protocol
-from jaxrec.methods.meta_wrapper import MWConfig, method, model_config, objective_grads, optimizer
+from jaxrec.methods.meta_wrapper import MWConfig, epoch_indices, method, model_config, objective_grads, optimizer
 from jaxrec.models.ctr import cast_params, ctr_logits, init_params, merge_params, split_params
 
 
@@ -133,14 +134,12 @@ def test_m3_alternates_theta_on_din_then_phi_on_dout():
     with jax.enable_x64(True):
         cfg, mcfg, params, b_in, b_out = _tiny(seed=2)
         cfg = dataclasses.replace(cfg, variant="M3", lr=1e-2)
-        data = {k: jnp.concatenate([b_in[k], b_out[k]]) for k in b_in}
-        part = _Rows(data, mcfg.n_items, mcfg.n_cats)
+        part = _Rows({k: jnp.concatenate([b_in[k], b_out[k]]) for k in b_in}, mcfg.n_items, mcfg.n_cats)
         m = method(cfg, type("Split", (), {"train": part, "val": part, "test": part})())
         theta0, phi0 = split_params(params)
         tx = optimizer(cfg)  # Adam after add_decayed_weights(2 l2 = 0)
         state = bl.BilevelState(theta0, phi0, tx.init(theta0), tx.init(phi0), jnp.zeros((), jnp.int32))
-        batch = {"in": jnp.arange(5), "out": jnp.arange(5, 10)}
-        new, _ = m.step(state, batch, jax.random.PRNGKey(0))
+        new, _ = m.step(state, {"in": b_in, "out": b_out}, jax.random.PRNGKey(0))
         # reference: Adam on grad_theta L_in, then Adam on grad_phi L_out at the *updated* theta
         opt = optax.adam(cfg.lr)
         theta, phi = split_params(params)
@@ -152,13 +151,30 @@ def test_m3_alternates_theta_on_din_then_phi_on_dout():
         phi1 = optax.apply_updates(phi, upd)
         assert _close(new.theta, theta1)
         assert _close(new.lam, phi1)
-        # theta's step ignores D_out
-        data2 = dict(data, label=data["label"].at[5:].set(1 - data["label"][5:]))
-        part2 = _Rows(data2, mcfg.n_items, mcfg.n_cats)
-        m2 = method(cfg, type("Split", (), {"train": part2, "val": part2, "test": part2})())
-        new2, _ = m2.step(state, batch, jax.random.PRNGKey(0))
+        # theta's step ignores D_out, phi's does not
+        new2, _ = m.step(state, {"in": b_in, "out": _flip(b_out)}, jax.random.PRNGKey(0))
         assert _close(new2.theta, theta1)
         assert not _close(new2.lam, phi1)
+
+
+def test_batches_are_the_epoch_indices_rows():
+    """``batches`` hands the step the rows of :func:`epoch_indices` (D_in / D_out of one permutation) from the
+    seed's stream, the same after a fresh start at a later epoch (a resume) as when continued."""
+    from jaxrec.data.ctr import synthetic_interest_groups
+
+    split = synthetic_interest_groups(seed=0, n_users=10, n_items=200, n_pos=10, n_neg=10)
+    cfg = MWConfig(variant="M4", emb_dim=4, hidden=(8, 4), att_hidden=(8, 4), batch_size=16)
+    rows = split.train.arrays()
+    rng = np.random.default_rng(5)
+    idx = [epoch_indices(cfg, len(split.train), rng) for _ in range(3)]
+    b = method(cfg, split).batches(5, 2)
+    for part in ("in", "out"):
+        for k, v in rows.items():
+            np.testing.assert_array_equal(np.asarray(b[part][k]), v[idx[2][part]])
+    assert not set(idx[2]["in"].ravel()) & set(idx[2]["out"].ravel())  # D_in and D_out are disjoint
+    m = method(cfg, split)
+    m.batches(5, 0), m.batches(5, 1)
+    np.testing.assert_array_equal(np.asarray(m.batches(5, 2)["in"]["hist"]), np.asarray(b["in"]["hist"]))
 
 
 def test_train_runs_and_is_reproducible():
@@ -181,96 +197,116 @@ def test_train_runs_and_is_reproducible():
     assert MWConfig(variant="plain", dropout=0.5).dropout == 0.5
 
 
-def test_cli_tune_selects_best_validation_setting_and_tuned_reuses_it(tmp_path, capsys):
-    import json
-
+def _main(argv, capsys):
+    """Run the experiment's command line; return its stdout."""
     from experiments.meta_wrapper import main
 
-    out = str(tmp_path)
-    with pytest.raises(SystemExit, match="tuned.json"):
-        main(["--table", "main", "--tuned", "--quick", "--models", "base", "--out", out])
-    main(["--table", "tune", "--quick", "--models", "base", "--lrs", "1e-3", "2e-2", "--l2s", "0",
-          "--out", out])
-    tuned = json.loads((tmp_path / "meta_wrapper" / "synthetic" / "tuned.json").read_text())
+    capsys.readouterr()
+    main(argv)
+    return capsys.readouterr().out
+
+
+def _fails(argv, capsys, code=1) -> str:
+    """Run a command line that must stop with ``code``; return its one-line stderr."""
+    from experiments.meta_wrapper import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    return err
+
+
+def _trained(text: str) -> int:
+    return text.count("compiling the step ...")
+
+
+def _rows(text: str) -> list:
+    return [line for line in text.splitlines() if line.startswith("| ")]
+
+
+# every CLI test trains 1-epoch runs on the synthetic set; `base` (sum pooling) compiles fastest
+Q = ["--quick", "--epochs", "1"]
+
+
+def test_cli_tune_selects_best_validation_setting_and_tuned_reuses_it(tmp_path, capsys):
+    out, folder = ["--out", str(tmp_path)], tmp_path / "meta_wrapper" / "synthetic"
+    assert "tuned.json" in _fails(["--table", "main", "--tuned", "--models", "base"] + Q + out, capsys)
+    tune = ["--table", "tune", "--models", "base", "--lrs", "1e-3", "2e-2", "--l2s", "0"] + Q + out
+    text = _main(tune, capsys)
+    assert _trained(text) == 2
+    tuned = json.loads((folder / "tuned.json").read_text())
     grid = tuned["base"]["grid"]
-    assert len(grid) == 2
+    assert set(grid) == {"lr=0.001,l2=0", "lr=0.02,l2=0"}
+    assert tuned["base"]["val_auc"] == max(grid.values()) == grid[f"lr={tuned['base']['lr']:g},l2=0"]
     edge = "largest" if tuned["base"]["lr"] == 2e-2 else "smallest"
-    assert f"note: base: lr={tuned['base']['lr']:g} is the {edge} value tried" in capsys.readouterr().out
-    assert tuned["base"]["val_auc"] == max(grid.values())
-    assert f"lr={tuned['base']['lr']:g},l2=0" in grid
-    capsys.readouterr()
-    main(["--table", "tune", "--quick", "--models", "base", "--lrs", "1e-3", "2e-2", "--l2s", "0",
-          "--out", out])  # the same grid again: both runs are read back, not retrained
-    assert capsys.readouterr().out.count("(saved)") == 2
-    assert json.loads((tmp_path / "meta_wrapper" / "synthetic" / "tuned.json").read_text()) == tuned
-    main(["--table", "tune", "--quick", "--models", "base", "--lrs", "1e-3", "2e-2", "--l2s", "0",
-          "--out", out, "--reverse"])  # a second process's order: the same runs, read back
-    assert capsys.readouterr().out.count("(saved)") == 2
-    assert json.loads((tmp_path / "meta_wrapper" / "synthetic" / "tuned.json").read_text()) == tuned
-    main(["--table", "main", "--tuned", "--quick", "--models", "base", "--seeds", "2", "--out", out])
-    out_text = capsys.readouterr().out
-    assert out_text.count("(saved tune_") == 1  # seed 0 is the tuning run of the selected setting
-    main(["--table", "main", "--tuned", "--quick", "--models", "base", "--seeds", "2", "--out", out, "--reverse"])
-    rev_text = capsys.readouterr().out
-    assert "epoch=" not in rev_text and rev_text.count("(saved") == 2  # nothing trained again
-    assert rev_text.splitlines()[-3:] == out_text.splitlines()[-3:]  # same table, rows in seed order
-    assert not list((tmp_path / "meta_wrapper" / "synthetic").glob("*.running"))
-    for seed in (0, 1):
-        rec = json.loads((tmp_path / "meta_wrapper" / "synthetic" / f"main_tuned_base_seed{seed}.json").read_text())
-        assert rec["config"]["lr"] == tuned["base"]["lr"]
-        assert rec["config"]["table"] == "main_tuned"
-    assert rec["seed"] == 1 and "reused_from" not in rec
+    assert f"note: base: lr={tuned['base']['lr']:g} is the {edge} value tried" in text
+    for again in (tune, tune + ["--reverse"]):  # the same grid again, also in a second process's order: read back
+        text = _main(again, capsys)
+        assert _trained(text) == 0 and text.count("[cached]") == 2
+        assert json.loads((folder / "tuned.json").read_text()) == tuned
+    main = ["--table", "main", "--tuned", "--models", "base", "--seeds", "2"] + Q + out
+    text = _main(main, capsys)
+    assert _trained(text) == 1 and text.count("[cached]") == 1  # seed 0 is the tuning run of the selected setting
+    rev = _main(main + ["--reverse"], capsys)
+    assert _trained(rev) == 0 and rev.count("[cached]") == 2
+    assert _rows(rev) == _rows(text)  # the same table
+    assert not list(folder.glob("*.running"))
+    recs = [json.loads(p.read_text()) for p in folder.glob("base_*_seed*.json")]
+    assert sorted(r["seed"] for r in recs if r["config"]["lr"] == tuned["base"]["lr"]) == [0, 1]
     # the ablation's M4 is the main table's Meta-Wrapper run (same config): read back, not retrained
-    main(["--table", "main", "--quick", "--models", "mw", "--out", out])
-    capsys.readouterr()
-    main(["--table", "ablation", "--quick", "--models", "M4", "--out", out])
-    assert "(saved main_mw)" in capsys.readouterr().out
-    rec = json.loads((tmp_path / "meta_wrapper" / "synthetic" / "ablation_M4_seed0.json").read_text())
-    assert rec["reused_from"] == "main_mw_seed0.json" and rec["config"]["name"] == "M4"
-    with pytest.raises(SystemExit, match="no entry for 'din'"):
-        main(["--table", "main", "--tuned", "--quick", "--models", "din", "--out", out])
+    assert _trained(_main(["--table", "main", "--models", "mw"] + Q + out, capsys)) == 1
+    text = _main(["--table", "ablation", "--models", "M4"] + Q + out, capsys)
+    assert _trained(text) == 0 and text.count("[cached]") == 1
+    assert "no entry for din" in _fails(["--table", "main", "--tuned", "--models", "din"] + Q + out, capsys)
 
 
 def test_cli_tune_shape_stage_at_the_selected_lr(tmp_path, capsys):
     """The second tuning stage varies batch and embedding size at each model's selected lr / l2: the point
     equal to the first stage's shape is read back, the selection is added to ``tuned.json`` (lr / l2 kept), and
     ``--tuned`` tables then train with the selected shape, seed 0 read back from its tuning run."""
-    import json
-
-    from experiments.meta_wrapper import main
-
-    out = str(tmp_path)
-    common = ["--quick", "--models", "base", "--out", out, "--batch-size", "64", "--emb-dim", "8"]
-    with pytest.raises(SystemExit, match="add --tuned"):
-        main(["--table", "tune", "--batch-sizes", "32", "64"] + common)
-    main(["--table", "tune", "--lrs", "1e-3", "2e-2", "--l2s", "0"] + common)
-    first = json.loads((tmp_path / "meta_wrapper" / "synthetic" / "tuned.json").read_text())["base"]
-    capsys.readouterr()
-    main(["--table", "tune", "--tuned", "--batch-sizes", "32", "64", "--emb-dims", "8", "4"] + common)
-    text = capsys.readouterr().out
-    assert text.count("(saved)") == 1 and text.count("epoch=") == 3  # bs 64 / emb 8 is the first stage's run
-    tuned = json.loads((tmp_path / "meta_wrapper" / "synthetic" / "tuned.json").read_text())["base"]
+    folder = tmp_path / "meta_wrapper" / "synthetic"
+    common = Q + ["--models", "base", "--out", str(tmp_path), "--batch-size", "64", "--emb-dim", "8"]
+    assert "add --tuned" in _fails(["--table", "tune", "--batch-sizes", "32", "64"] + common, capsys)
+    _main(["--table", "tune", "--lrs", "1e-3", "2e-2", "--l2s", "0"] + common, capsys)
+    first = json.loads((folder / "tuned.json").read_text())["base"]
+    text = _main(["--table", "tune", "--tuned", "--batch-sizes", "32", "64", "--emb-dims", "8", "4"] + common, capsys)
+    assert text.count("[cached]") == 1 and _trained(text) == 3  # bs 64 / emb 8 is the first stage's run
+    tuned = json.loads((folder / "tuned.json").read_text())["base"]
     assert (tuned["lr"], tuned["l2"], tuned["grid"]) == (first["lr"], first["l2"], first["grid"])
     assert set(tuned["grid_shape"]) == {"bs=32,emb=8", "bs=32,emb=4", "bs=64,emb=8", "bs=64,emb=4"}
     best = max(tuned["grid_shape"], key=tuned["grid_shape"].get)
     assert best == f"bs={tuned['batch_size']},emb={tuned['emb_dim']}"
     assert tuned["val_auc"] == tuned["grid_shape"][best] >= first["val_auc"]
-    main(["--table", "main", "--tuned"] + common)
-    assert "(saved tune_" in capsys.readouterr().out  # seed 0 = the selected tuning run
-    rec = json.loads((tmp_path / "meta_wrapper" / "synthetic" / "main_tuned_base_seed0.json").read_text())
-    assert (rec["config"]["batch_size"], rec["config"]["emb_dim"]) == (tuned["batch_size"], tuned["emb_dim"])
+    text = _main(["--table", "main", "--tuned"] + common, capsys)
+    assert _trained(text) == 0 and text.count("[cached]") == 1  # seed 0 = the selected tuning run
+    rec = json.loads(open(text.split("[cached] ")[1].split()[0]).read())
+    assert (rec["config"]["batch_size"], rec["config"]["emb_dim"], rec["config"]["lr"]) == \
+        (tuned["batch_size"], tuned["emb_dim"], tuned["lr"])
 
 
 def test_cli_sensitivity_reuses_saved_runs_of_the_same_setting(tmp_path, capsys):
-    from experiments.meta_wrapper import main
-
-    common = ["--quick", "--epochs", "1", "--out", str(tmp_path)]
-    main(["--table", "main", "--models", "mw"] + common)
-    capsys.readouterr()
-    main(["--table", "sensitivity", "--factors", "mu"] + common)
-    out = capsys.readouterr().out
+    common = Q + ["--out", str(tmp_path)]
+    assert _trained(_main(["--table", "main", "--models", "mw"] + common, capsys)) == 1
+    text = _main(["--table", "sensitivity", "--factors", "mu"] + common, capsys)
     # the centre mu = 0.4 is the main table's MW run: read back; the other three are trained
-    assert out.count("(saved)") == 1
-    assert len(list((tmp_path / "meta_wrapper" / "synthetic").glob("sens_*_mw_seed0.json"))) == 3
-    for row in ("mu=0.2", "mu=0.4", "mu=0.8"):
-        assert f"| {row} |" in out
+    assert text.count("[cached]") == 1 and _trained(text) == 3
+    assert len(list((tmp_path / "meta_wrapper" / "synthetic").glob("M4_*_seed0.json"))) == 4
+    for row in ("mu=0.2", "mu=0.4", "mu=0.6", "mu=0.8"):
+        assert f"| {row} |" in text
+
+
+def test_cli_refuses_nonsense_before_any_work(tmp_path, capsys):
+    """Invalid values stop with exit status 2 and one line, before JAX loads or anything is written; a
+    several-valued config flag outside ``--table tune`` is refused too (status 1), as is an unknown model."""
+    out = ["--out", str(tmp_path)]
+    for argv, what in ((["--lr", "-1"], "--lr"), (["--mu", "nan"], "--mu"), (["--in-frac", "1.5"], "--in-frac"),
+                       (["--batch-size", "0"], "--batch-size"), (["--dataset", "nope"], "--dataset"),
+                       (["--model", "xyz"], "--model"), (["--table", "timing"], "--table"),
+                       (["--max-len", "50"], "--max-len"), (["--seeds", "0"], "--seeds"),
+                       (["--table", "tune", "--lrs", "-1"], "--lrs"), (["--batch-sizes", "0"], "--batch-sizes")):
+        assert what in _fails(argv + out, capsys, code=2)
+    assert "grid" in _fails(["--lr", "1e-3", "2e-3", "--table", "main", "--models", "base"] + Q + out, capsys)
+    assert not list(tmp_path.rglob("*.json"))
