@@ -159,6 +159,8 @@ def load(config: AutoCrossConfig, dataset: str, data_dir, seed: int) -> dict:
             for j, n in enumerate(num_names) for b in config.bins]
     data = {"y": y.astype(np.int32), "parts": parts}
     t0 = time.perf_counter()
+    print(f"{dataset} (seed {seed}): {len(parts['train'])} train / {len(parts['val'])} validation / {len(test)} "
+          f"test rows; multi-granularity discretisation of {len(nums)} numeric versions", flush=True)
     base, state, scores = preprocess(config, data, cats, nums, seed)
     data.update(base=base, features=list(base), search={"preprocess_s": time.perf_counter() - t0,
                                                           "numeric_scores": scores})
@@ -429,6 +431,7 @@ def preprocess(config: AutoCrossConfig, data: dict, cats, nums, seed: int):
     if not nums:
         return cats, lin, {}
     bsum = _logits_all(lin, cats) if cats else np.zeros(n_all, np.float32)
+    print(f"LR on the {len(cats)} categorical fields fitted; scoring the discretised versions", flush=True)
     scores, _, w, offsets = _fieldwise(nums, data, bsum, config, seed, step=0, full_pass=True)
     kept = sorted(np.argsort(-scores, kind="stable")[:keep])
     base = list(cats) + [nums[j] for j in kept]
