@@ -1,12 +1,13 @@
-"""Small pytree arithmetic helpers used by the hypergradient modes.
+"""Pytree arithmetic used by the hypergradient modes: the names the modes use, over ``optax.tree_utils``.
 
-All functions are pure, jit-able and dtype agnostic: they operate leaf-wise with ``jax.tree.map`` and
-never cast. Leaves of the two trees in a binary operation must have matching structure.
+All functions are pure, jit-able and dtype agnostic. Leaves of the two trees in a binary operation must
+have matching structure. Only :func:`tree_sgd_step` is written here: optax has no step that takes a
+scalar, a traced per-task rate or a per-parameter pytree of rates (Meta-SGD) alike.
 """
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
+import optax.tree_utils as otu
 
 __all__ = [
     "tree_add", "tree_sub", "tree_scale", "tree_axpy", "tree_mul", "tree_vdot", "tree_sq_norm",
@@ -16,53 +17,52 @@ __all__ = [
 
 def tree_add(a, b):
     """Leaf-wise ``a + b``."""
-    return jax.tree.map(jnp.add, a, b)
+    return otu.tree_add(a, b)
 
 
 def tree_sub(a, b):
     """Leaf-wise ``a - b``."""
-    return jax.tree.map(jnp.subtract, a, b)
+    return otu.tree_sub(a, b)
 
 
 def tree_scale(s, a):
     """Leaf-wise ``s * a`` for a scalar ``s``."""
-    return jax.tree.map(lambda x: s * x, a)
+    return otu.tree_scale(s, a)
 
 
 def tree_axpy(alpha, x, y):
     """Leaf-wise ``alpha * x + y`` for a scalar ``alpha``."""
-    return jax.tree.map(lambda xi, yi: alpha * xi + yi, x, y)
+    return otu.tree_add_scale(y, alpha, x)
 
 
 def tree_mul(a, b):
     """Leaf-wise product ``a * b`` (broadcasting inside each leaf)."""
-    return jax.tree.map(jnp.multiply, a, b)
+    return otu.tree_mul(a, b)
 
 
 def tree_vdot(a, b):
     """Euclidean inner product ``<a, b> = sum_leaves sum(a_i * b_i)`` (real pytrees)."""
-    leaves = jax.tree.leaves(jax.tree.map(lambda x, y: jnp.sum(x * y), a, b))
-    return sum(leaves[1:], leaves[0]) if leaves else jnp.zeros(())
+    return otu.tree_vdot(a, b)
 
 
 def tree_sq_norm(a):
     """Squared Euclidean norm ``|a|^2`` of a pytree."""
-    return tree_vdot(a, a)
+    return otu.tree_norm(a, squared=True)
 
 
 def tree_norm(a):
     """Euclidean norm ``|a|`` of a pytree (all leaves flattened together)."""
-    return jnp.sqrt(tree_sq_norm(a))
+    return otu.tree_norm(a)
 
 
 def tree_zeros_like(a):
     """Zeros with the structure, shapes and dtypes of ``a``."""
-    return jax.tree.map(jnp.zeros_like, a)
+    return otu.tree_zeros_like(a)
 
 
 def tree_where(cond, a, b):
     """Leaf-wise ``where(cond, a, b)`` for a scalar boolean ``cond``."""
-    return jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
+    return otu.tree_where(cond, a, b)
 
 
 def tree_sgd_step(params, grads, lr):
