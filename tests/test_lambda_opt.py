@@ -175,9 +175,10 @@ def test_short_run_lowers_validation_loss_below_lambda_fix_zero(synth):
 
 
 def test_cli_quick_main_and_refusals(tmp_path, capsys):
-    exp.main(["--quick", "--granularity", "dui", "--out", str(tmp_path), "--seeds", "1"])
-    out = capsys.readouterr().out
+    exp.main(["--quick", "--granularity", "dui", "--lam", "0", "0.01", "--out", str(tmp_path), "--seeds", "1"])
+    out = capsys.readouterr().out  # several --lam values replace the lambda-Fix grid
     assert "MF-lambda-Fix" in out and "lambda-Opt-DUI" in out and "lambda-Opt-D |" not in out
+    assert "lam=0.01:" in out and "lam=10.0" not in out
     exp.main(["--quick", "--granularity", "dui", "--out", str(tmp_path), "--table", "lambda"])
     assert (tmp_path / "lambda_opt" / "synthetic" / "lambda_frequency.png").exists()
     assert (tmp_path / "lambda_opt" / "synthetic" / "lambda_epoch.png").exists()
