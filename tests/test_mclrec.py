@@ -147,6 +147,79 @@ def test_regularizer_hand_cases():
         M.contrastive_regularizer(jnp.ones((1, 2)), jnp.ones((1, 2)))
 
 
+def _reg_per_row_loops(a, b):
+    """The authors' per-row R written as loops over the 2B x 2B matrix of u = [a; b]."""
+    u = np.concatenate([a, b]); n2 = len(u); n = n2 // 2
+    s = u @ u.T
+    r_pos, r_neg = [], []
+    for i in range(n2):
+        p = (i + n) % n2
+        negs = [s[i, j] for j in range(n2) if j not in (i, p)]
+        o_min, o_max = min(s[i, p], max(negs)), max(s[i, p], max(negs))
+        r_pos.append(max(s[i, p] - o_min, 0.0))
+        r_neg += [max(o_max - v, 0.0) for v in negs]
+    return np.mean(r_pos) + np.mean(r_neg)
+
+
+def test_regularizer_per_row_hand_case():
+    # a = I, b = [[2, 0], [1, 1]] -> u = [a; b], S = u u^T = [[1,0,2,1],[0,1,0,1],[2,0,4,2],[1,1,2,2]]
+    # row 0: s+ = S02 = 2, s- = (S01, S03) = (0, 1): o_min 1, o_max 2 -> pos 1, neg (2, 1)
+    # row 1: s+ = S13 = 1, s- = (0, 0):             o_min 0, o_max 1 -> pos 1, neg (1, 1)
+    # row 2: s+ = S20 = 2, s- = (S21, S23) = (0, 2): o_min 2, o_max 2 -> pos 0, neg (2, 0)
+    # row 3: s+ = S31 = 1, s- = (S30, S32) = (1, 2): o_min 1, o_max 2 -> pos 0, neg (1, 0)
+    # R = mean(1, 1, 0, 0) + (2 + 1 + 1 + 1 + 2 + 0 + 1 + 0) / 8 = 0.5 + 1.0 (the global R of this case is 1.0)
+    a, b = jnp.eye(2), jnp.array([[2.0, 0.0], [1.0, 1.0]])
+    np.testing.assert_allclose(M.contrastive_regularizer(a, b, per_row=True), 1.5, rtol=1e-6)
+    np.testing.assert_allclose(M.contrastive_regularizer(a, b), 1.0, rtol=1e-6)
+    rng = np.random.default_rng(4)
+    for n in (2, 3, 7):
+        x, y = rng.normal(size=(n, 5)), rng.normal(size=(n, 5))
+        np.testing.assert_allclose(M.contrastive_regularizer(jnp.asarray(x), jnp.asarray(y), per_row=True),
+                                   _reg_per_row_loops(x, y), rtol=1e-5)
+
+
+def test_augmenter_output_is_l2_normalised_and_views_stay_raw():
+    aug = M.Augmenter((3, 2), 2, normalize=True)
+    params = aug.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)))["params"]
+    # last layer: kernel 0, bias (3, 4) -> w(h) = (3, 4) for every h -> z = (0.6, 0.8)
+    params = dict(params, dense_out={"kernel": jnp.zeros((2, 2)), "bias": jnp.array([3.0, 4.0])})
+    h = jnp.array([[1.0, -2.0], [0.5, 7.0]])
+    np.testing.assert_allclose(aug.apply({"params": params}, h), [[0.6, 0.8], [0.6, 0.8]], rtol=1e-6)
+    raw = M.Augmenter((3, 2), 2, normalize=False).apply({"params": params}, h)
+    np.testing.assert_allclose(raw, [[3.0, 4.0], [3.0, 4.0]], rtol=1e-6)
+    # through the model: every z row has norm 1, and L_cl2 / R use the raw views h with the normalised z
+    cfg = M.preset("mclrec", **TINY)
+    assert cfg.normalize_aug and cfg.reg_per_row
+    model = M.build(cfg, 60)
+    assert model.augmenter.normalize
+    state = M.init_state(model, jax.random.PRNGKey(1))
+    h1, h2 = (jnp.asarray(np.random.default_rng(i).normal(size=(8, TINY["hidden"])) * 3.0) for i in (0, 1))
+    p1, p2 = state.lam["aug1"], state.lam["aug2"]
+    z1, z2 = model.augmenter.apply({"params": p1}, h1), model.augmenter.apply({"params": p2}, h2)
+    np.testing.assert_allclose(jnp.linalg.norm(z1, axis=1), 1.0, rtol=1e-5)
+    cl2, reg = M.meta_terms(model, state.lam, h1, h2)
+    np.testing.assert_allclose(cl2, M.nt_xent(z1, z2) + M.nt_xent(h1, z2) + M.nt_xent(h2, z1), rtol=1e-5)
+    r = functools.partial(M.contrastive_regularizer, per_row=True)
+    np.testing.assert_allclose(reg, r(h1, z2) + r(h2, z1) + r(z1, z2), rtol=1e-5)
+
+
+def test_reproduction_presets_follow_the_authors_code():
+    from jaxrec.configs import mclrec as C
+    from jaxrec.experiment import config_hash
+
+    mc = C.preset("mclrec")
+    assert mc.repeat_stage1 and mc.normalize_aug and mc.reg_per_row and not mc.joint   # stage 1 / 2 / 1 again
+    mj = C.preset("mclrec_j")
+    assert mj.joint and mj.normalize_aug and mj.reg_per_row
+    assert not C.preset("mclrec", ablation="no_reg").use_reg and C.preset("mclrec", ablation="no_reg").repeat_stage1
+    assert C.LAMBDA_GRID == (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
+    # the library defaults stay the stored runs' behaviour and their cache keys (RESULTS.md's reduced table)
+    d = C.MCLRecConfig()
+    assert not (d.repeat_stage1 or d.normalize_aug or d.reg_per_row)
+    assert config_hash(C.preset("mclrec", epochs=1, **C.STORED_1EPOCH)) == "a415ceba"
+    assert config_hash(C.preset("sasrec", epochs=1)) == "96b738d6"
+
+
 def test_losses_float64():
     with jax.enable_x64(True):
         a = jnp.asarray(np.random.default_rng(1).normal(size=(4, 3)))
@@ -208,11 +281,14 @@ def test_stage2_does_not_touch_theta_and_stage1_not_phi():
     # the freeze is not vacuous: L0 does depend on phi (beta > 0)
     l0 = jax.jit(lambda ph: M.losses_stage1(model, state.theta, ph, batch, views, jax.random.PRNGKey(2))[0])
     assert float(l0(state.lam)) != float(l0(jax.tree.map(lambda x: 1.5 * x, state.lam)))
-    # the full jitted step is exactly stage 1 then stage 2 (at the NEW theta) with the same views
+    # the full jitted step of the mclrec preset is exactly stage 1, stage 2 (at the NEW theta) and stage 1
+    # again (repeat_stage1, the authors' trainer), all on the same views
+    assert model.config.repeat_stage1
     key = jax.random.PRNGKey(9)
-    k_aug, k1, k2, _ = jax.random.split(key, 4)
+    k_aug, k1, k2, k3 = jax.random.split(key, 4)
     v = A.two_views(k_aug, batch["seq"])
     ref, _ = stage2(stage1(state, batch, v, k1)[0], v, k2)
+    ref = stage1(ref, batch, v, k3)[0]
     out, aux = M.make_step(model)(state, batch, key)
     for x, y in zip(jax.tree.leaves((ref.theta, ref.lam)), jax.tree.leaves((out.theta, out.lam))):
         np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-6)

@@ -6,9 +6,11 @@ Notation (per batch of ``B`` left-padded input sequences ``S`` with next-item ta
   ``L_rec = CE(h E[1:]^T, y)`` over all items;
 - views ``h1 = f(aug1(S))``, ``h2 = f(aug2(S))`` from :func:`jaxrec.augment.two_views` (two different
   operators among crop / mask / reorder, drawn per sequence on device);
-- learnable augmenters ``z1 = w_phi1(h1)``, ``z2 = w_phi2(h2)`` (:class:`Augmenter`, MLP d-32-16-d, GELU);
+- learnable augmenters ``z1 = w_phi1(h1)``, ``z2 = w_phi2(h2)`` (:class:`Augmenter`, MLP d-32-16-d, GELU;
+  ``normalize_aug``: each ``z`` row L2-normalised, as the authors' ``Extractor``; ``h1, h2`` stay raw);
 - ``L_cl1 = L_con(h1, h2)``, ``L_cl2 = L_con(z1, z2) + L_con(h1, z2) + L_con(h2, z1)`` with
-  :func:`nt_xent`; ``R = R(h1, z2) + R(h2, z1) + R(z1, z2)`` with :func:`contrastive_regularizer`.
+  :func:`nt_xent`; ``R = R(h1, z2) + R(h2, z1) + R(z1, z2)`` with :func:`contrastive_regularizer`
+  (``reg_per_row``: o_min / o_max per row of the 2B x 2B matrix, as the authors' code; else global).
 
 Algorithm (one batch; ``bl.alternating(L0, bl.direct(L_phi), Adam, Adam)``)::
 
@@ -18,6 +20,7 @@ Algorithm (one batch; ``bl.alternating(L0, bl.direct(L_phi), Adam, Adam)``)::
     stage 2 (phi, theta frozen):  h1, h2 <- stop_gradient(f_theta_new(views))   # re-encoded, new theta
                                   L_phi = L_cl2 + 0.1 R;   phi <- Adam(lr) step on grad_phi L_phi
     optional (repeat_stage1):     stage 1 once more on the same batch, as the authors' code does
+                                  (on in the ``mclrec`` preset, the reproduction path)
 
 ``MCLRec-J`` (``joint=True``) takes one Adam step on ``L0`` w.r.t. ``(theta, phi)`` together.
 ``CL4SRec`` is ``beta = 0`` (no augmenters: stage 1 alone), ``SASRec`` is ``lam = beta = 0`` (no views).
@@ -41,7 +44,8 @@ import optax
 
 from jaxrec import augment
 from jaxrec import bilevel as bl
-from jaxrec.configs.mclrec import ABLATIONS, PRESETS, MCLRecConfig, config_problem, preset
+from jaxrec.configs.mclrec import (ABLATIONS, AUTHORS, LAMBDA_GRID, PRESETS, STORED_1EPOCH, MCLRecConfig,
+                                    config_problem, preset)
 from jaxrec.data import leave_one_out, load_sequences, pad_sequences, prefix_instances, synthetic
 from jaxrec.losses import softmax_cross_entropy
 from jaxrec.method import Method
@@ -49,7 +53,7 @@ from jaxrec.metrics import rank_of_target, ranks_to_metrics
 from jaxrec.models.sasrec import SASRec, SASRecConfig, encode_ragged, item_embeddings, trim_batch
 
 __all__ = [
-    "MCLRecConfig", "PRESETS", "ABLATIONS", "preset", "DATA_FIELDS", "SYNTHETIC", "load", "method",
+    "MCLRecConfig", "PRESETS", "ABLATIONS", "AUTHORS", "STORED_1EPOCH", "LAMBDA_GRID", "preset", "DATA_FIELDS", "SYNTHETIC", "load", "method",
     "Augmenter", "nt_xent", "contrastive_regularizer", "Model", "build", "init_state", "make_parts",
     "make_step", "make_eval", "losses_stage1", "prepare_data", "epoch_batches", "evaluate",
 ]
@@ -65,12 +69,16 @@ KS = (5, 10, 20)
 class Augmenter(nn.Module):
     """Learnable augmenter ``w_phi(h) = W_3 GELU(W_2 GELU(W_1 h + b_1) + b_2) + b_3`` (d -> 32 -> 16 -> d).
 
-    Initialised like PyTorch's ``nn.Linear`` default (uniform, variance ``1 / (3 fan_in)``).
+    Initialised like PyTorch's ``nn.Linear`` default (uniform, variance ``1 / (3 fan_in)``). With
+    ``normalize`` each output row is divided by its L2 norm, ``z / ||z||_2`` (no epsilon), after the last
+    layer, as the authors' ``Extractor`` does (its ``Normalize`` module); only the augmenter outputs are
+    normalised there, the encoder views ``h`` enter the dot-product similarities raw.
     """
 
     hidden: tuple = (32, 16)
     out: int = 64
     param_dtype: Any = jnp.float32
+    normalize: bool = False
 
     @nn.compact
     def __call__(self, h):
@@ -78,7 +86,10 @@ class Augmenter(nn.Module):
         for i, n in enumerate(self.hidden):
             h = nn.Dense(n, kernel_init=init, param_dtype=self.param_dtype, name=f"dense_{i}")(h)
             h = jax.nn.gelu(h, approximate=False)
-        return nn.Dense(self.out, kernel_init=init, param_dtype=self.param_dtype, name="dense_out")(h)
+        z = nn.Dense(self.out, kernel_init=init, param_dtype=self.param_dtype, name="dense_out")(h)
+        if self.normalize:
+            z = z / jnp.sqrt(jnp.sum(z * z, axis=-1, keepdims=True))
+        return z
 
 
 def nt_xent(a: jnp.ndarray, b: jnp.ndarray, temperature: float = 1.0) -> jnp.ndarray:
@@ -101,19 +112,39 @@ def nt_xent(a: jnp.ndarray, b: jnp.ndarray, temperature: float = 1.0) -> jnp.nda
     return jnp.mean(jax.nn.logsumexp(s, axis=1) - s_pos)
 
 
-def contrastive_regularizer(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
-    """MCLRec's regulariser ``R(a, b)`` on the pair similarity matrix ``S = a b^T`` (``B x B``).
+def contrastive_regularizer(a: jnp.ndarray, b: jnp.ndarray, per_row: bool = False) -> jnp.ndarray:
+    """MCLRec's regulariser ``R(a, b)``.
 
-    Positives ``s+ = diag(S)`` (same sequence), negatives ``s- = S_ij, i != j``;
-    ``o_min = min(min s+, max s-)``, ``o_max = max(min s+, max s-)`` (scalars over the batch) and
+    ``per_row=False`` (global, the stored runs): on the pair matrix ``S = a b^T`` (``B x B``), positives
+    ``s+ = diag(S)``, negatives ``s- = S_ij, i != j``; scalars ``o_min = min(min s+, max s-)``,
+    ``o_max = max(min s+, max s-)`` over the batch and
 
         ``R = mean([s+ - o_min]_+) + mean([o_max - s-]_+)``.
+
+    ``per_row=True`` (the authors' ``meta_contrast_rl``): on the ``2B x 2B`` matrix ``S = u u^T`` of
+    ``u = [a; b]`` (the NT-Xent matrix), row ``i`` has one positive ``s+_i = S_{i, p(i)}`` (``p(i) = i +- B``)
+    and ``2B - 2`` negatives ``s-_ij`` (``j != i, p(i)``: both views); per row ``o_min_i = min(s+_i,
+    max_j s-_ij)``, ``o_max_i = max(s+_i, max_j s-_ij)`` and
+
+        ``R = mean_i [s+_i - o_min_i]_+ + mean_{i, j} [o_max_i - s-_ij]_+``.
     """
     if a.shape != b.shape or a.ndim != 2:
         raise ValueError(f"contrastive_regularizer expects two [B, d] arrays, got {a.shape} and {b.shape}")
     n = a.shape[0]
     if n < 2:
         raise ValueError("contrastive_regularizer needs a batch of at least 2 sequences (negatives)")
+    if per_row:
+        u = jnp.concatenate([a, b], axis=0)
+        s = u @ u.T
+        pos_idx = jnp.concatenate([jnp.arange(n, 2 * n), jnp.arange(n)])
+        neg = jnp.ones((2 * n, 2 * n), dtype=bool).at[jnp.arange(2 * n), jnp.arange(2 * n)].set(False)
+        neg = neg.at[jnp.arange(2 * n), pos_idx].set(False)
+        pos = s[jnp.arange(2 * n), pos_idx]
+        max_neg = jnp.max(jnp.where(neg, s, -jnp.inf), axis=1)
+        o_min, o_max = jnp.minimum(pos, max_neg), jnp.maximum(pos, max_neg)
+        r_pos = jnp.mean(jax.nn.relu(pos - o_min))
+        r_neg = jnp.sum(jnp.where(neg, jax.nn.relu(o_max[:, None] - s), 0.0)) / (2 * n * (2 * n - 2))
+        return r_pos + r_neg
     s = a @ b.T
     eye = jnp.eye(n, dtype=bool)
     pos = jnp.diagonal(s)
@@ -149,7 +180,7 @@ def build(config: MCLRecConfig, n_items: int, param_dtype=jnp.float32) -> Model:
     if problem:
         raise ValueError(problem)
     enc = SASRec(encoder_config(config, n_items), param_dtype=param_dtype)
-    aug = Augmenter(tuple(config.aug_hidden), config.hidden, param_dtype=param_dtype)
+    aug = Augmenter(tuple(config.aug_hidden), config.hidden, param_dtype=param_dtype, normalize=config.normalize_aug)
     return Model(config, enc, aug, optax.adam(config.lr))
 
 
@@ -175,7 +206,8 @@ def meta_terms(model: Model, phi, h1, h2):
     z1 = model.augmenter.apply({"params": p1}, h1)
     z2 = model.augmenter.apply({"params": p2}, h2)
     cl2 = nt_xent(z1, z2, t) + nt_xent(h1, z2, t) + nt_xent(h2, z1, t)
-    reg = contrastive_regularizer(h1, z2) + contrastive_regularizer(h2, z1) + contrastive_regularizer(z1, z2)
+    r = functools.partial(contrastive_regularizer, per_row=model.config.reg_per_row)
+    reg = r(h1, z2) + r(h2, z1) + r(z1, z2)
     return cl2, reg
 
 
