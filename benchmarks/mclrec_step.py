@@ -1,19 +1,32 @@
-"""Time the jitted MCLRec training step and full-ranking evaluation at the paper's shapes.
+"""Time the jitted MCLRec training step and full-ranking evaluation at the paper's shapes, against this
+machine's float32 matmul rate measured in the same run.
 
-Shapes: batch 256, max_len 50, d 64, 2 blocks, Beauty item count (12,101 items + padding). The step is
-compiled first, then timed ``--steps`` times (``jax.block_until_ready``); we report the median wall time
-and the median process CPU time per step, plus the load average (the CPU machine is shared). Variants:
+Shapes: batch 256, max_len 50, d 64, 2 blocks, Beauty item count (12,101 items + padding). Per variant the
+step is lowered and compiled (compile time reported), its FLOPs read from XLA's cost analysis
+(``jax.jit(step).lower(...).compile().cost_analysis()["flops"]``), then timed ``--steps`` times
+(``jax.block_until_ready``): median wall time, median process CPU time, achieved GFLOP/s = FLOPs / median
+wall time, and its fraction of the matmul rate. The matmul rate is the best GFLOP/s of jitted float32
+matmuls at the step's own shapes (the FFN ``[3BL, d] x [d, ff]``, the attention projections
+``[3BL, d] x [d, d]``, the logits ``[B, d] x [d, n_items]``), measured in this run, right before the steps.
+The encoder's backward / forward ratio (train mode, the ``[3B, L]`` input of stage 1) is reported in time
+and in XLA FLOPs. Every figure is a ratio from one run; the load average is printed beside it (the CPU
+machine is shared). Variants:
 
-- ``mclrec+repeat``: stage 1, stage 2, stage 1 again (three passes, what the authors' PyTorch code does
-  per batch and what their 2.3-2.7 s / batch on a 2-core CPU refers to);
-- ``mclrec``: stage 1 + stage 2 (the default in this library);
+- ``mclrec+repeat``: stage 1, stage 2, stage 1 again (three passes; the authors' code per batch, and the
+  ``mclrec`` preset since issue 32);
+- ``mclrec``: stage 1 + stage 2 only;
 - ``mclrec_j``, ``cl4srec``, ``sasrec``: one update per batch.
 
 Evaluation: full ranking of every item for all 22,363 Beauty users (validation histories, blocks of
 1024 users), median of ``--eval-repeats`` passes after compilation.
 
+Persistent compilation cache (opt-in): ``--compilation-cache DIR`` or ``JAXREC_COMPILATION_CACHE=DIR``
+sets ``jax_compilation_cache_dir`` (and caches every compilation, however short), so a second run with the
+same shapes loads the compiled step instead of paying the compile time again.
+
     python benchmarks/mclrec_step.py                      # all variants, writes results/mclrec/bench_<backend>/
-    python benchmarks/mclrec_step.py --variants mclrec+repeat --steps 10
+    python benchmarks/mclrec_step.py --variants mclrec+repeat sasrec --steps 5 --no-eval --no-save
+    JAXREC_COMPILATION_CACHE=/tmp/jax_cache python benchmarks/mclrec_step.py --variants sasrec --steps 3
 """
 from __future__ import annotations
 
@@ -28,15 +41,73 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrec.methods import mclrec as M
+from jaxrec.results import save_result
 
-AUTHORS_S_PER_BATCH = (2.3, 2.7)
 VARIANTS = {
     "mclrec+repeat": ("mclrec", {"repeat_stage1": True}),
-    "mclrec": ("mclrec", {}),
+    "mclrec": ("mclrec", {"repeat_stage1": False}),
     "mclrec_j": ("mclrec_j", {}),
     "cl4srec": ("cl4srec", {}),
     "sasrec": ("sasrec", {}),
 }
+
+
+def enable_compilation_cache(path: str | None) -> str | None:
+    """Opt-in persistent compilation cache (``--compilation-cache`` / ``JAXREC_COMPILATION_CACHE``)."""
+    path = path or os.environ.get("JAXREC_COMPILATION_CACHE")
+    if path:
+        jax.config.update("jax_compilation_cache_dir", str(path))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
+
+
+def flops_of(compiled) -> float:
+    ca = compiled.cost_analysis()
+    ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+    return float(ca.get("flops", float("nan")))
+
+
+def _median_time(fn, args, repeats):
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def matmul_rate(batch_size, max_len, hidden, ff, n_items, repeats=5):
+    """Best float32 matmul GFLOP/s at the step's shapes (measured now, same process)."""
+    rows = 3 * batch_size * max_len
+    shapes = {"ffn": (rows, hidden, ff), "proj": (rows, hidden, hidden), "logits": (batch_size, hidden, n_items)}
+    rates = {}
+    for name, (m, k, n) in shapes.items():
+        a = jax.random.normal(jax.random.PRNGKey(0), (m, k), jnp.float32)
+        b = jax.random.normal(jax.random.PRNGKey(1), (k, n), jnp.float32)
+        t = _median_time(jax.jit(lambda x, y: x @ y), (a, b), repeats)
+        rates[name] = 2.0 * m * k * n / t / 1e9
+    return max(rates.values()), rates
+
+
+def encoder_bwd_fwd(n_items, batch_size, max_len, repeats=3):
+    """Encoder (train mode, dropout on, ragged as configured) on the ``[3B, L]`` stage-1 input: forward time,
+    forward + backward time, and the backward / forward ratios in time and in XLA FLOPs."""
+    cfg = M.preset("mclrec", batch_size=batch_size, max_len=max_len)
+    model = M.build(cfg, n_items)
+    theta = M.init_state(model, jax.random.PRNGKey(0)).theta
+    rng = np.random.default_rng(1)
+    x = jnp.concatenate([beauty_like_batch(rng, batch_size, max_len, n_items)["seq"] for _ in range(3)])
+    key = jax.random.PRNGKey(2)
+    fwd = jax.jit(lambda th, x, k: jnp.sum(M.encode_train(model, th, x, k)))
+    both = jax.jit(jax.value_and_grad(lambda th, x, k: jnp.sum(M.encode_train(model, th, x, k))))
+    f_fl = flops_of(fwd.lower(theta, x, key).compile())
+    b_fl = flops_of(both.lower(theta, x, key).compile())
+    t_f = _median_time(fwd, (theta, x, key), repeats)
+    t_b = _median_time(both, (theta, x, key), repeats)
+    return {"fwd_s": t_f, "fwd_bwd_s": t_b, "bwd_over_fwd_time": (t_b - t_f) / t_f,
+            "fwd_gflop": f_fl / 1e9, "bwd_over_fwd_flops": (b_fl - f_fl) / f_fl}
 
 
 def _cpu() -> float:
@@ -58,12 +129,11 @@ def time_step(name, n_items, batch_size, max_len, steps, rng):
     cfg = M.preset(model_name, batch_size=batch_size, max_len=max_len, **over)
     model = M.build(cfg, n_items)
     state = M.init_state(model, jax.random.PRNGKey(0))
-    step = M.make_step(model)
     batches = [beauty_like_batch(rng, batch_size, max_len, n_items) for _ in range(4)]
     t = time.perf_counter()
-    state, aux = step(state, batches[0], jax.random.PRNGKey(0))
-    jax.block_until_ready(state)
+    step = jax.jit(M.make_step(model, jit=False)).lower(state, batches[0], jax.random.PRNGKey(0)).compile()
     compile_s = time.perf_counter() - t
+    flops = flops_of(step)
     for i in range(2):  # warm-up
         state, aux = step(state, batches[i % 4], jax.random.PRNGKey(i + 1))
     jax.block_until_ready(state)
@@ -76,8 +146,10 @@ def time_step(name, n_items, batch_size, max_len, steps, rng):
         cpu.append(_cpu() - c)
     if not np.isfinite(float(aux["loss"])):
         raise FloatingPointError(f"{name}: non-finite loss in the benchmark")
-    return {"variant": name, "compile_s": compile_s, "median_step_s": statistics.median(wall),
-            "min_step_s": min(wall), "median_cpu_s": statistics.median(cpu), "steps": steps}
+    med = statistics.median(wall)
+    return {"variant": name, "compile_s": compile_s, "median_step_s": med, "min_step_s": min(wall),
+            "median_cpu_s": statistics.median(cpu), "steps": steps, "gflop": flops / 1e9,
+            "gflops_achieved": flops / med / 1e9}
 
 
 def time_eval(n_users, n_items, max_len, repeats, rng):
@@ -109,38 +181,54 @@ def main(argv=None):
     p.add_argument("--eval-users", type=int, default=22363)
     p.add_argument("--eval-repeats", type=int, default=3)
     p.add_argument("--no-eval", action="store_true")
+    p.add_argument("--no-encoder", action="store_true", help="skip the encoder backward / forward ratio")
+    p.add_argument("--compilation-cache", default=None,
+                   help="persistent compilation cache directory (default: $JAXREC_COMPILATION_CACHE; off if unset)")
     p.add_argument("--out", default="results")
     p.add_argument("--no-save", action="store_true")
     args = p.parse_args(argv)
+    for k in ("steps", "batch_size", "max_len", "n_items", "eval_users", "eval_repeats"):
+        if getattr(args, k) < 1 or (k == "batch_size" and args.batch_size < 2):
+            p.error(f"--{k.replace('_', '-')} must be a positive integer (batch size at least 2)")
+    cache = enable_compilation_cache(args.compilation_cache)
 
     rng = np.random.default_rng(0)
     backend = jax.default_backend()
     print(f"backend {backend} ({jax.devices()[0].device_kind}), {os.cpu_count()} CPU cores, "
-          f"load average {os.getloadavg()}", flush=True)
-    rows = []
+          f"load average {os.getloadavg()}, compilation cache {cache or 'off'}", flush=True)
+    c = M.MCLRecConfig()
+    rows, enc = [], None
     for v in args.variants:
+        peak, rates = matmul_rate(args.batch_size, args.max_len, c.hidden, c.ff, args.n_items)
         r = time_step(v, args.n_items, args.batch_size, args.max_len, args.steps, rng)
-        r["load_avg_after"] = os.getloadavg()[0]
+        r.update(matmul_gflops=peak, matmul_rates=rates, fraction=r["gflops_achieved"] / peak,
+                 load_avg_after=os.getloadavg()[0])
         rows.append(r)
-        ratio = r["median_step_s"] / AUTHORS_S_PER_BATCH[0], r["median_step_s"] / AUTHORS_S_PER_BATCH[1]
         print(f"{v:14s} median {r['median_step_s'] * 1e3:8.1f} ms/batch (min {r['min_step_s'] * 1e3:.1f}, "
-              f"CPU {r['median_cpu_s'] * 1e3:.1f} ms), compile {r['compile_s']:.1f}s; "
-              f"vs authors 2.3-2.7 s: x{ratio[1]:.3f}-x{ratio[0]:.3f}", flush=True)
+              f"CPU {r['median_cpu_s'] * 1e3:.1f} ms), compile {r['compile_s']:.1f}s; {r['gflop']:.1f} GFLOP "
+              f"-> {r['gflops_achieved']:.1f} GFLOP/s = {r['fraction']:.0%} of the matmul rate {peak:.1f} "
+              f"GFLOP/s (" + ", ".join(f"{k} {x:.1f}" for k, x in rates.items()) + f"); load {r['load_avg_after']:.1f}",
+              flush=True)
+    if not args.no_encoder:
+        enc = encoder_bwd_fwd(args.n_items, args.batch_size, args.max_len)
+        enc["load_avg_after"] = os.getloadavg()[0]
+        print(f"encoder [3B, L] train mode: forward {enc['fwd_s'] * 1e3:.1f} ms, forward+backward "
+              f"{enc['fwd_bwd_s'] * 1e3:.1f} ms: backward / forward {enc['bwd_over_fwd_time']:.2f}x in time, "
+              f"{enc['bwd_over_fwd_flops']:.2f}x in XLA FLOPs; load {enc['load_avg_after']:.1f}", flush=True)
     ev = None
     if not args.no_eval:
         ev = time_eval(args.eval_users, args.n_items, args.max_len, args.eval_repeats, rng)
         print(f"full-ranking evaluation of {ev['n_users']} users x {args.n_items} items: "
               f"median {ev['median_s']:.2f}s (first call incl. compile {ev['first_call_s']:.2f}s)", flush=True)
     if not args.no_save:
-        from jaxrec.results import save_result
-
         metrics = {f"{r['variant']}_median_step_s": r["median_step_s"] for r in rows}
+        metrics.update({f"{r['variant']}_matmul_fraction": r["fraction"] for r in rows})
         if ev:
             metrics["eval_all_users_s"] = ev["median_s"]
         path = save_result("mclrec", f"bench_{backend}", config=vars(args), seed=0, metrics=metrics,
                            wall_time=sum(r["median_step_s"] * r["steps"] for r in rows),
-                           extra={"steps": rows, "eval": ev, "authors_s_per_batch": AUTHORS_S_PER_BATCH,
-                                  "load_avg": os.getloadavg()}, root=args.out, name="step_times")
+                           extra={"steps": rows, "eval": ev, "encoder": enc, "load_avg": os.getloadavg()},
+                           root=args.out, name="step_times")
         print(f"wrote {path}")
 
 
