@@ -26,6 +26,7 @@ METHODS = [
     ("meta_wrapper_M3", "meta_wrapper", {"variant": "M3", "batch_size": 512, "track_train_loss": False}),
     ("mclrec", "mclrec", {"ragged_width": 0}),  # MCLRec two-stage, --quick config (5 batches of 64 an epoch)
     ("lambda_opt_dui", "lambda_opt", {}),  # lambda-Opt-DUI, --quick config
+    ("paml_at", "paml", {"name": "at_paml"}),  # AT-PAML (memory, warm-up schedule), --quick config
 ]
 EPOCHS = 3
 
