@@ -4,7 +4,8 @@ MF step (same k, batch) and against the same SIF step written in eager PyTorch; 
 - ``MF``: one Adagrad step (global-norm clip, projected w) on ``w^T (u * v)`` (``--ifc mf``), jitted;
 - ``SIF``: ``jaxrec.methods.sif`` search step (architecture step on a validation batch through prox_C1 /
   prox_C2, then the weights on the training batch), jitted;
-- ``SIF torch``: the same step in eager PyTorch (Adam on alpha, p, q; Adagrad on U, V, w; clip, projections),
+- ``SIF torch``: the same step in eager PyTorch (torch.optim.Adam on alpha, p, q; Adagrad on U, V, w written as optax's, eps 1e-10 inside the square
+  root, where torch.optim.Adagrad adds it outside; clip, projections),
   if ``torch`` is installed (it is not a jaxrec dependency).
 
 Agreement first (float64, if torch is present): from the same parameters and batches, alpha, p, q and U, V, w
@@ -19,6 +20,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -64,7 +66,7 @@ def torch_step(torch, cfg, theta, lam, train, val):
     T = {k: torch.tensor(np.asarray(v), requires_grad=True) for k, v in theta.items()}
     L = {"alpha": torch.tensor(np.asarray(lam["alpha"]), requires_grad=True),
          **{f"{m}_{k}": torch.tensor(np.asarray(v), requires_grad=True) for m in ("p", "q") for k, v in lam[m].items()}}
-    opt_w = torch.optim.Adagrad(list(T.values()), lr=cfg.lr, eps=1e-10)
+    acc = {k: torch.zeros_like(v) for k, v in T.items()}  # Adagrad as optax's: lr g / sqrt(G + 1e-10)
     opt_a = torch.optim.Adam(list(L.values()), lr=cfg.arch_lr)
     tb = [torch.tensor(np.asarray(a)) for a in train]
     vb = [torch.tensor(np.asarray(a)) for a in val]
@@ -97,13 +99,16 @@ def torch_step(torch, cfg, theta, lam, train, val):
                 L[f"{m}_W1"].clamp_(-1, 1)
                 L[f"{m}_W2"].div_(L[f"{m}_W2"].norm().clamp(min=1))
         # 2. weights at prox_C1(alpha)
-        opt_w.zero_grad()
+        for v in T.values():
+            v.grad = None
         with torch.no_grad():
             abar = onehot()
         loss(tb, abar).backward()
         torch.nn.utils.clip_grad_norm_(list(T.values()), cfg.clip)
-        opt_w.step()
         with torch.no_grad():
+            for k, v in T.items():
+                acc[k] += v.grad ** 2
+                v -= cfg.lr * torch.where(acc[k] > 0, v.grad / torch.sqrt(acc[k] + 1e-10), 0.0)
             T["w4"].div_(T["w4"].norm(dim=-1, keepdim=True).clamp(min=1))
             T["wc"].div_(T["wc"].norm().clamp(min=1))
 
@@ -132,7 +137,7 @@ def main(argv=None):
     rec = {"config": dataclasses.asdict(cfg), "devices": str(jax.devices()), "jax": jax.__version__}
     try:
         import torch
-        torch.set_num_threads(max(1, len(jax.devices("cpu"))))
+        torch.set_num_threads(os.cpu_count() or 1)  # all cores, as XLA uses
     except ImportError:
         torch = None
         print("torch is not installed (pip install torch): the PyTorch column is left out")
