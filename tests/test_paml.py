@@ -155,7 +155,7 @@ def test_memory_lru_eviction_hand_case():
     assert sorted(np.asarray(u).tolist()) == [10, 11, 11] and float(v[1]) == 0.5  # slots 0 (5) and 2 (9) evicted
     k2, v2, u2 = paml.memory_write(k, v, u, jnp.array([[3.0]]), jnp.array([0.3]), jnp.array([False]), 12)
     assert np.array_equal(np.asarray(u2), np.asarray(u)) and np.array_equal(np.asarray(v2), np.asarray(v))
-    empty = -jnp.ones(3, jnp.int32).at[0].set(4)
+    empty = jnp.array([4, -1, -1], jnp.int32)
     _, _, u3 = paml.memory_write(keys, values, empty, jnp.ones((2, 1)), jnp.ones(2), jnp.array([True, True]), 6)
     assert np.asarray(u3)[0] == 4  # empty slots are filled before the used one is evicted
 
