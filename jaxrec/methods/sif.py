@@ -164,7 +164,8 @@ def losses_fn(ifc_name: str, l2: float):
 
 
 def weight_tx(config: SIFConfig) -> optax.GradientTransformation:
-    """Adagrad (PyTorch's: accumulator 0, eps 1e-10) on U, V, w after a global-norm clip; w projected."""
+    """Adagrad (accumulator 0 and eps 1e-10 as PyTorch's, eps inside the square root as optax's) on U, V, w
+    after a global-norm clip; w projected."""
     return optax.chain(optax.clip_by_global_norm(config.clip),
                        optax.adagrad(config.lr, initial_accumulator_value=0.0, eps=1e-10),
                        projection(ifc.project))
