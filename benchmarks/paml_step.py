@@ -27,7 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.torch_util import import_torch
+try:  # python -m benchmarks.paml_step, or imported by the tests
+    from benchmarks.torch_util import import_torch
+except ImportError:  # python benchmarks/paml_step.py
+    from torch_util import import_torch
 from jaxrec.methods import paml
 
 VOCAB_U, VOCAB_I = (2, 7, 21, 3481), (6, 26, 2199, 7979)
