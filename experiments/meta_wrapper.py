@@ -3,8 +3,13 @@ and sensitivity (N, mu, beta).
 
     python -m experiments.meta_wrapper                          # MW on the synthetic set, 15 epochs, < 2 min
     python -m experiments.meta_wrapper --table synthetic --seeds 5 --epochs 15 --lr 3e-3 --out results
-    python -m experiments.meta_wrapper --table tune --dataset ml-100k --lrs 1e-3 5e-3 --l2s 0 1e-6
-    python -m experiments.meta_wrapper --table main --tuned --dataset ml-100k --seeds 5
+    python -m experiments.meta_wrapper --table tune --dataset ml-100k --no-train-loss   # lr {0.1, 0.3, 1} x l2 {0, 1e-6}
+    python -m experiments.meta_wrapper --table main --tuned --dataset ml-100k --seeds 5 --no-train-loss
+
+On the real sets every run follows the paper's protocol (``PAPER``): mini-batch SGD, lr x 0.9 after every
+epoch, at most 30 epochs, stopped after 5 without a better validation AUC; ``--optimizer adam --lr-decay 1
+--epochs 5 --patience 0`` is the pre-issue-33 protocol. Meta-Wrapper runs in the detached form
+(``--no-detach``: the coupled form).
 
 ``--model`` / ``--models`` names: base, wdl, pnn, deepfm, din (full training set), mw (= M4), M1..M4, and
 for the synthetic study fs (= DIN), fs_l2, fs_dropout. ``--table tune`` selects lr x l2 (``--lrs`` x
@@ -15,7 +20,6 @@ embedding size (``--batch-sizes`` x ``--emb-dims``), and writes ``<out>/meta_wra
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from pathlib import Path
@@ -31,16 +35,10 @@ PRESETS = {**{m: {"model": m, "variant": "plain"} for m in ("base", "wdl", "pnn"
            **{m: {"variant": m} for m in ABLATION}, "M3": {"variant": "M3", "n_inner": 1}}
 REAL = ("ml-100k", "Amazon_Beauty", "Amazon_Toys_and_Games", "Amazon_Sports_and_Outdoors", "Yelp")
 SENSITIVITY = {"n_inner": (1, 2, 3), "mu": (0.2, 0.4, 0.6, 0.8), "beta": (1e-4, 1e-3, 1e-2, 1.0)}
-
-
-def _checked(check: str, kind=float):
-    """argparse type: ``kind`` that passes ``cli.CHECKS[check]`` (else exit 2, one line)."""
-    def parse(text):
-        v = kind(text)
-        if not cli.CHECKS[check][0](v):
-            raise argparse.ArgumentTypeError(f"{text} is not allowed; use {cli.CHECKS[check][1]}")
-        return v
-    return parse
+# the paper's protocol on the real sets (issue 33): mini-batch SGD, lr x 0.9 per epoch, at most 30 epochs,
+# stopped after 5 without a better validation AUC; every model's initial lr from the same three values
+PAPER = {"optimizer": "sgd", "lr_decay": 0.9, "epochs": 30, "patience": 5}
+LRS = {"sgd": (0.1, 0.3, 1.0), "adam": (1e-3, 5e-3, 1e-2)}  # --table tune's default lr grid per optimizer
 
 
 def add_flags(p):
@@ -48,14 +46,16 @@ def add_flags(p):
     p.add_argument("--models", nargs="+", choices=sorted(PRESETS), help="the rows of a table (default: its own)")
     p.add_argument("--tuned", action="store_true", help="use <out>/meta_wrapper/<dataset>/tuned.json per model")
     p.add_argument("--no-train-loss", action="store_true", help="skip the per-epoch training-set / test evaluation")
-    p.add_argument("--lrs", type=_checked("rate"), nargs="+", default=[1e-3, 5e-3], help="--table tune: learning rates")
-    p.add_argument("--l2s", type=_checked("nonneg"), nargs="+", default=[0.0, 1e-6], help="--table tune: l2 weights")
-    p.add_argument("--batch-sizes", type=_checked("positive", int), nargs="+", help="--table tune --tuned: second-stage batch sizes")
-    p.add_argument("--emb-dims", type=_checked("positive", int), nargs="+", help="--table tune --tuned: second-stage embedding sizes")
+    p.add_argument("--lrs", type=cli.checked("rate"), nargs="+", default=None,
+                   help="--table tune: initial learning rates (default: " +
+                        "; ".join(f"{o} {' '.join(f'{v:g}' for v in LRS[o])}" for o in LRS) + ")")
+    p.add_argument("--l2s", type=cli.checked("nonneg"), nargs="+", default=[0.0, 1e-6], help="--table tune: l2 weights")
+    p.add_argument("--batch-sizes", type=cli.checked("positive", int), nargs="+", help="--table tune --tuned: second-stage batch sizes")
+    p.add_argument("--emb-dims", type=cli.checked("positive", int), nargs="+", help="--table tune --tuned: second-stage embedding sizes")
     p.add_argument("--factors", nargs="+", default=list(SENSITIVITY), choices=list(SENSITIVITY),
                    help="--table sensitivity: the factors varied one at a time")
-    p.add_argument("--fs-l2", type=_checked("nonneg"), default=1e-4, help="l2 of the FS+L2 synthetic baseline")
-    p.add_argument("--fs-dropout", type=_checked("fraction"), default=0.5, help="dropout of the FS+dropout synthetic baseline")
+    p.add_argument("--fs-l2", type=cli.checked("nonneg"), default=1e-4, help="l2 of the FS+L2 synthetic baseline")
+    p.add_argument("--fs-dropout", type=cli.checked("fraction"), default=0.5, help="dropout of the FS+dropout synthetic baseline")
 
 
 def label(cfg) -> str:
@@ -80,6 +80,9 @@ def config(runner, name: str, **over) -> MWConfig:
         entry = json.loads(tuned_path(runner).read_text()).get("mw" if name in ABLATION else name)
         if entry is None:
             raise KeyError(f"--tuned: {tuned_path(runner)} has no entry for {name}; tune it first")
+        if entry.get("optimizer", "adam") != runner.base.optimizer:
+            raise ValueError(f"--tuned: {tuned_path(runner)} was tuned with {entry.get('optimizer', 'adam')}, "
+                             f"this command uses --optimizer {runner.base.optimizer}; tune again")
         tuned = {k: entry[k] for k in ("lr", "l2", "batch_size", "emb_dim") if k in entry}
     base = dataclasses.replace(runner.base, track_train_loss=not a.no_train_loss)
     return dataclasses.replace(base, **preset, **tuned, **over)
@@ -173,7 +176,7 @@ def table_tune(runner) -> str:
                 for e in (a.emb_dims or [runner.base.emb_dim])]
         name_of = "bs={batch_size},emb={emb_dim}".format
     else:
-        grid = [{"lr": lr, "l2": l2} for lr in a.lrs for l2 in a.l2s]
+        grid = [{"lr": lr, "l2": l2} for lr in (a.lrs or LRS[runner.base.optimizer]) for l2 in a.l2s]
         name_of = "lr={lr:g},l2={l2:g}".format
     old = json.loads(tuned_path(runner).read_text()) if tuned_path(runner).exists() else {}
     entries, rows, notes = {}, {}, []
@@ -187,7 +190,8 @@ def table_tune(runner) -> str:
         chosen = {k: getattr(best, k) for k in grid[0]}
         notes += [f"note: {n}: {t}" for t in grid_edge_notes(ok, chosen)]
         entries[n] = (dict(old.get(n, {}), lr=base.lr, l2=base.l2, **chosen, val_auc=scores[name_of(**chosen)],
-                           grid_shape=scores) if shape else dict(chosen, val_auc=scores[name_of(**chosen)], grid=scores))
+                           grid_shape=scores) if shape else
+                      dict(chosen, optimizer=base.optimizer, val_auc=scores[name_of(**chosen)], grid=scores))
         rows[n] = [{"metrics": {"val": scores}}]
     text = runner.table("tune_shape" if shape else "tune", {n: rows[n] for n in names}, list(rows[names[0]][0]["metrics"]["val"]),
                         part="val", title="validation AUC per grid point",
@@ -215,7 +219,7 @@ SPEC = cli.Spec(name="meta_wrapper", config=MWConfig, method="jaxrec.methods.met
                 description=__doc__.splitlines()[0], datasets=("synthetic", *REAL), metric="auc",
                 tables={"single": table_single, "synthetic": table_synthetic, "tune": table_tune, "main": table_main,
                         "ablation": table_ablation, "sensitivity": table_sensitivity},
-                default_table="single", tuned={"synthetic": {"epochs": 15}, **{d: {"epochs": 5} for d in REAL}},
+                default_table="single", tuned={"synthetic": {"epochs": 15}, **{d: PAPER for d in REAL}},
                 quick={"epochs": 2}, seeds=1, add_flags=add_flags)
 
 

@@ -27,7 +27,7 @@ import sys
 import typing
 from typing import Any, Callable, Mapping
 
-__all__ = ["param", "Spec", "build_parser", "parse", "main", "CHECKS", "Invocation",
+__all__ = ["param", "Spec", "build_parser", "parse", "main", "CHECKS", "checked", "Invocation",
            "common_parser", "seed_list", "live_output", "add_reverse_flag", "work_order"]
 
 # check name -> (predicate, what is allowed)
@@ -39,6 +39,24 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "unit": (lambda v: math.isfinite(v) and 0 <= v <= 1, "a number in [0, 1]"),
     "finite": (lambda v: math.isfinite(v), "a finite number"),
 }
+
+
+def checked(check: str, kind: type = float) -> Callable[[str], Any]:
+    """argparse ``type=`` of an experiment's own flag (not a config field; e.g. a list flag such as ``--lrs``):
+    ``kind(text)`` that passes ``CHECKS[check]``, else argparse's one-line error and exit status 2
+    (``argument --lrs: -1 is not allowed; use a learning rate in (0, 10]``)."""
+    if check not in CHECKS:
+        raise ValueError(f"checked: unknown check {check!r}; use one of {sorted(CHECKS)}")
+    ok, allowed = CHECKS[check]
+
+    def parse(text: str):
+        value = kind(text)  # a ValueError here reads "invalid <kind> value: 'text'"
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{text} is not allowed; use {allowed}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def param(default: Any, help: str, check: str | None = None, choices: tuple | None = None,

@@ -10,22 +10,34 @@ Algorithm (one epoch)::
 
     split the training set at random into D_in (in_frac) and D_out (the rest)
     for each shuffled batch B_in of D_in, with the next batch B_out of a shuffled cycle over D_out:
-        M1:  (theta, phi) <- Adam on grad L(theta, phi; B_in)                              (DIN on D_in)
-        M2:  (theta, phi) <- Adam on grad [L(theta, phi; B_in) + mu L(theta, phi; B_out)]  (out-of-bag term)
-        M3:  theta <- Adam on grad_theta L(theta, phi; B_in)                               (first order)
-             phi   <- Adam on grad_phi   L(theta, phi; B_out)   at the new theta
+        M1:  (theta, phi) <- opt on grad L(theta, phi; B_in u B_out)                      (DIN on the same rows)
+        M2:  theta <- opt on grad_theta L(theta, phi; B_in)                                (out-of-bag term C2,
+             phi   <- opt on grad_phi [L(theta, phi; B_in) + mu L(theta, phi; B_out)]     on the selector only)
+        M3:  theta <- opt on grad_theta L(theta, phi; B_in)                               (first order)
+             phi   <- opt on grad_phi   L(theta, phi; B_out)   at the new theta
         M4:  theta_bar = U_phi^N(theta) = N steps theta <- theta - beta grad_theta L(theta, phi; B_in)
-             (theta, phi) <- Adam on grad [L(theta, phi; B_in) + mu L(theta_bar, phi; B_out)]   (Meta-Wrapper)
-    every gradient gets + 2 l2 (theta, phi)  (optax.add_decayed_weights before Adam)
+             theta <- opt on grad_theta L(theta, phi; B_in)                                (Meta-Wrapper,
+             phi   <- opt on grad_phi [L(theta, phi; B_in) + mu L(theta_bar, phi; B_out)]  Algorithm 1)
+    every gradient gets + 2 l2 (theta, phi)  (optax.add_decayed_weights before the optimizer)
+
+This is the detached form (``detach=True``, the default): Algorithm 1 line 1 ("Detach Operation: theta' :=
+theta^(0)") starts the unroll at a copy of theta, so the outer term of Eq. 12 is differentiated through the
+unrolled steps with respect to phi only (``jax.lax.stop_gradient`` on the unroll's start point; in M2 on the
+outer term's theta) and theta's gradient is the plain inner gradient on D_in. ``detach=False`` is the
+coupled form of the runs stored before issue 33: M2 and M4 differentiate the whole objective in both theta
+and phi, so theta trains on ``L_in + mu L_out`` (M4: through the start of the unroll too). Every variant
+takes the same steps on the same rows (:func:`epoch_indices`); M1 trains both on all of them.
+``opt`` is Adam (``optimizer="adam"``, default) or mini-batch SGD (``"sgd"``, the paper's), at ``lr``
+times ``lr_decay`` after every epoch (:func:`optimizer`).
 
 ``variant="plain"`` trains any baseline (Base, Wide&Deep, PNN, DeepFM, DIN) on the full training set
-(``(theta, phi) <- Adam on grad L(theta, phi; B)`` over shuffled batches, dropout if set; no D_in/D_out
+(``(theta, phi) <- opt on grad L(theta, phi; B)`` over shuffled batches, dropout if set; no D_in/D_out
 split). M3 is :func:`jaxrec.bilevel.alternating` with the first-order hypergradient :func:`jaxrec.bilevel.direct`;
-M4's unrolled map is :func:`jaxrec.bilevel.unroll`, whose first step also hands out ``L(theta, phi; B_in)``
-(``return_start_loss=True``), and the joint objective is differentiated in one reverse pass (the exact
-second-order term). The state of every variant is a :class:`jaxrec.bilevel.BilevelState` with
-``theta`` / ``lam = phi`` and one Adam state each (Adam is per-coordinate, so this equals one Adam over
-all parameters).
+M4's unrolled map is :func:`jaxrec.bilevel.unroll`; in the coupled form its first step also hands out
+``L(theta, phi; B_in)`` (``return_start_loss=True``). The objective is differentiated in one reverse pass
+(the exact second-order term). The state of every variant is a :class:`jaxrec.bilevel.BilevelState` with
+``theta`` / ``lam = phi`` and one optimizer state each (Adam and SGD are per-coordinate, so this equals one
+optimizer over all parameters).
 
 Evaluation: AUC and mean BCE on the validation / test rows; with ``track_train_loss`` every evaluation also
 records the training-set and test AUC / loss of that epoch (``train_*`` / ``test_*``: the curves of the
@@ -47,7 +59,7 @@ from jaxrec.metrics import auc
 from jaxrec.models.ctr import CTRModelConfig, ctr_logits, init_params, merge_params, split_params
 
 __all__ = ["MWConfig", "VARIANTS", "DATA_FIELDS", "load", "method", "model_config", "ctr_loss", "objective",
-           "objective_grads", "optimizer", "epoch_indices", "predict", "evaluate_rows"]
+           "objective_grads", "learning_rate", "optimizer", "epoch_indices", "predict", "evaluate_rows"]
 
 DATA_FIELDS = ()  # the CTR split depends on the dataset and the seed only
 
@@ -69,14 +81,25 @@ def ctr_loss(mcfg: CTRModelConfig, kind: str, params, batch, *, train: bool = Fa
     return bce_with_logits(ctr_logits(params, batch, mcfg, kind, train=train, key=key), batch["label"])
 
 
+def _joined(b_in: dict, b_out: dict) -> dict:
+    """The rows of ``b_in`` and ``b_out`` as one batch (M1's)."""
+    return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b], axis=0), b_in, b_out)
+
+
 def objective(cfg: MWConfig, mcfg: CTRModelConfig, theta, phi, batch_in, batch_out):
-    """The joint objective of M1, M2, M4 (without l2; M3 alternates, it has no single objective)."""
+    """The objective of M1, M2, M4 (without l2; M3 alternates, it has no single objective) whose gradient in
+    ``(theta, phi)`` is the step's: with ``cfg.detach`` the outer term sees theta through
+    ``jax.lax.stop_gradient``, so ``grad_theta`` is ``grad_theta L_in`` and only phi gets the outer term."""
     L = lambda th, ph, b: ctr_loss(mcfg, cfg.model, merge_params(th, ph), b)  # noqa: E731
     if cfg.variant == "M1":
-        return L(theta, phi, batch_in)
+        return L(theta, phi, _joined(batch_in, batch_out))
+    start = jax.lax.stop_gradient(theta) if cfg.detach else theta
     if cfg.variant == "M2":
-        return L(theta, phi, batch_in) + cfg.mu * L(theta, phi, batch_out)
+        return L(theta, phi, batch_in) + cfg.mu * L(start, phi, batch_out)
     if cfg.variant == "M4":
+        if cfg.detach:
+            tbar = bl.unroll(L, steps=cfg.n_inner, lr=cfg.beta)(start, phi, batch_in)
+            return L(theta, phi, batch_in) + cfg.mu * L(tbar, phi, batch_out)
         tbar, l_in = bl.unroll(L, steps=cfg.n_inner, lr=cfg.beta, return_start_loss=True)(theta, phi, batch_in)
         return l_in + cfg.mu * L(tbar, phi, batch_out)
     raise ValueError(f"objective() is defined for M1, M2, M4, not {cfg.variant}")
@@ -84,13 +107,24 @@ def objective(cfg: MWConfig, mcfg: CTRModelConfig, theta, phi, batch_in, batch_o
 
 def objective_grads(cfg: MWConfig, mcfg: CTRModelConfig):
     """``(theta, phi, batch_in, batch_out) -> (value, (g_theta, g_phi))``: reverse mode over :func:`objective`
-    (for M4 the exact unrolled hypergradient in theta and phi, plus grad L_in)."""
+    (for M4 the exact unrolled hypergradient in phi, and in the coupled form in theta too, plus grad L_in)."""
     return jax.value_and_grad(lambda th, ph, bi, bo: objective(cfg, mcfg, th, ph, bi, bo), argnums=(0, 1))
 
 
-def optimizer(cfg: MWConfig) -> optax.GradientTransformation:
-    """Adam(lr) on the gradient plus ``2 l2 params``."""
-    return optax.chain(optax.add_decayed_weights(2 * cfg.l2), optax.adam(cfg.lr))
+def learning_rate(cfg: MWConfig, steps_per_epoch: int):
+    """``lr`` (a float) or the schedule ``lr * lr_decay ** floor(step / steps_per_epoch)``
+    (``optax.exponential_decay``, staircase: the rate drops once at the end of every epoch)."""
+    if cfg.lr_decay == 1.0:
+        return cfg.lr
+    return optax.exponential_decay(cfg.lr, transition_steps=max(1, int(steps_per_epoch)), decay_rate=cfg.lr_decay,
+                                   staircase=True)
+
+
+def optimizer(cfg: MWConfig, steps_per_epoch: int = 1) -> optax.GradientTransformation:
+    """``cfg.optimizer`` (Adam or plain SGD) at :func:`learning_rate` on the gradient plus ``2 l2 params``."""
+    rate = learning_rate(cfg, steps_per_epoch)
+    opt = optax.adam(rate) if cfg.optimizer == "adam" else optax.sgd(rate)
+    return optax.chain(optax.add_decayed_weights(2 * cfg.l2), opt)
 
 
 def _sizes(cfg: MWConfig, n: int) -> tuple[int, int, int]:
@@ -146,8 +180,8 @@ def method(config: MWConfig, data: CTRSplit) -> Method:
     mcfg = model_config(cfg, tr.n_items, tr.n_cats)
     rows = tr.arrays()
     parts = {"train": tr.arrays(), "val": data.val.arrays(), "test": data.test.arrays()}
-    tx = optimizer(cfg)
     n_steps = _sizes(cfg, len(tr))[1]
+    tx = optimizer(cfg, n_steps)
     L = lambda th, ph, b: ctr_loss(mcfg, cfg.model, merge_params(th, ph), b)  # noqa: E731
 
     if cfg.variant == "M3":  # theta on L_in, then phi on L_out at the new theta
