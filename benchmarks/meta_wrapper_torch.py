@@ -95,15 +95,18 @@ class TorchMW:
         return (torch.clamp(logit, min=0) - logit * y + torch.log1p(torch.exp(-logit.abs()))).mean()
 
     def objective(self, b_in, b_out):
-        """The trained objective: ``L`` (DIN) or ``L_in + mu L_out(U^N(theta), phi)`` (M4)."""
+        """The trained objective: ``L`` (DIN) or ``L_in + mu L_out(U^N(theta), phi)`` (M4; with ``cfg.detach`` the
+        unroll starts at ``theta.detach()``)."""
         cfg, torch = self.cfg, self.torch
         if cfg.variant == "plain":
             return self.loss(self.P, b_in)
         l_in = self.loss(self.P, b_in)
-        th = {k: self.P[k] for k in self.theta_keys}
+        # detached form (Algorithm 1 line 1): the unroll starts at a copy of theta, so the outer term's
+        # gradient reaches phi only; coupled: it starts at theta itself
+        th = {k: self.P[k].detach().requires_grad_() if cfg.detach else self.P[k] for k in self.theta_keys}
         lk = l_in
         for step in range(cfg.n_inner):
-            if step:
+            if step or cfg.detach:
                 lk = self.loss({**self.P, **th}, b_in)
             g = torch.autograd.grad(lk, list(th.values()), create_graph=True)
             th = {k: t - cfg.beta * gi for (k, t), gi in zip(th.items(), g)}
