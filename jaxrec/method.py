@@ -127,7 +127,9 @@ def train(method: Method, *, seed: int, epochs: int, metric: str, patience: int 
                         metric=metric, mode=mode, eval_every=eval_every, ckpt_dir=ckpt_dir, log=log,
                         log_every=log_every or eval_every, desc=desc)
     summary = method.summary(best) if method.summary is not None else {}
-    return RunResult(val=method.evaluate(best, "val"), test=method.evaluate(best, "test"),
+    # the best epoch's validation metrics were computed by fit; evaluate again only if no epoch was scored
+    val = dict(history.best_metrics) if history.best_metrics is not None else method.evaluate(best, "val")
+    return RunResult(val=val, test=method.evaluate(best, "test"),
                      best_epoch=history.best_epoch, epochs_run=len(history), history=list(history),
                      wall_time_s=history.elapsed_s, train_time_s=timer["train_s"], compile_s=timer["compile_s"],
                      state=best, summary={k: _plain(v) for k, v in summary.items()})

@@ -79,6 +79,9 @@ def test_same_seed_same_metrics(setup):
     b = _train(spec, m)
     assert a.val == b.val and a.test == b.test and a.best_epoch == b.best_epoch
     assert [h["train"] for h in a.history] == [h["train"] for h in b.history]
+    # RunResult.val is the best epoch's validation (taken from fit, not recomputed): it is the best state's
+    val = m.evaluate(a.state, "val")
+    assert set(a.val) == set(val) and all(a.val[k] == pytest.approx(val[k], rel=1e-6, abs=1e-9) for k in val)
 
 
 def test_resume_equals_uninterrupted(setup, tmp_path):
