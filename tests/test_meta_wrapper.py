@@ -285,6 +285,41 @@ def test_din_logits_match_an_independent_numpy_reference():
     np.testing.assert_allclose(np.asarray(ctr_logits(params, batch, mcfg, "din")), ref, rtol=1e-5, atol=1e-6)
 
 
+def _interest_rows(seed, n, n_items=40, n_groups=4, T=6, noise=0.1):
+    """A clean interest-group CTR set: a row's history is T items (up to 2 of them left padding) of the
+    user's group, the target a random item, the true label ``group(target) == user's group``, the observed
+    one flipped with probability ``noise``. Returns the rows and the true labels."""
+    rng = np.random.default_rng(seed)
+    group = np.arange(1, n_items + 1) % n_groups  # group of item j + 1
+    cat = np.concatenate([[0], group + 1])
+    user_group = rng.integers(0, n_groups, n)
+    hist = np.stack([rng.choice(np.flatnonzero(group == g) + 1, T) for g in user_group])
+    for row, pad in enumerate(rng.integers(0, 3, n)):
+        hist[row, :pad] = 0
+    target = rng.integers(1, n_items + 1, n)
+    true = (group[target - 1] == user_group).astype(np.float32)
+    label = np.where(rng.random(n) < noise, 1 - true, true).astype(np.float32)
+    return {"hist": hist, "hist_cat": cat[hist], "target": target, "target_cat": cat[target], "label": label}, true
+
+
+@pytest.mark.parametrize("kind", ["base", "wdl", "pnn", "deepfm", "din"])
+def test_every_baseline_learns_a_clean_interest_signal(kind):
+    """Every baseline (Base, Wide&Deep, PNN, DeepFM, DIN), trained by the method's plain variant for 5 short
+    epochs on 1,000 rows of :func:`_interest_rows`, ranks the noise-free test labels well above chance.
+    (``tests/test_ctr_models.py``'s test on the paper's synthetic set covers PNN only: there Base and DIN
+    memorise item ids and stay at chance within any cheap budget, see RESULTS.md's synthetic study.)"""
+    from jaxrec.metrics import auc
+
+    parts = [_interest_rows(seed, n) for seed, n in ((0, 1000), (1, 400), (2, 400))]
+    split = type("Split", (), {name: _Rows(rows, 40, 4) for name, (rows, _) in zip(("train", "val", "test"), parts)})()
+    cfg = MWConfig(model=kind, variant="plain", emb_dim=4, hidden=(16, 8), att_hidden=(16, 8), batch_size=32,
+                   lr=3e-2, track_train_loss=False, eval_batch=400)
+    res = protocol.train(method(cfg, split), seed=0, epochs=5, metric="auc", log=None)
+    mcfg = model_config(cfg, 40, 4)
+    logits = ctr_logits(merge_params(res.state.theta, res.state.lam), split.test.arrays(), mcfg, kind)
+    assert float(auc(jnp.asarray(parts[2][1]), logits)) > 0.75, kind
+
+
 def test_sgd_rate_decays_once_per_epoch_and_the_real_sets_use_the_paper_protocol():
     """``optimizer``'s rate is ``lr * lr_decay ** epoch`` (constant inside an epoch); the real-data presets of
     the experiment are SGD, decay 0.9 per epoch, 30 epochs, patience 5, the synthetic default stays Adam."""
