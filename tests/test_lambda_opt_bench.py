@@ -27,7 +27,9 @@ def _batch(n_users=7, n_items=9, b=6, seed=0):
 @pytest.mark.parametrize("granularity", ("fix", "d", "du", "dui"))
 def test_each_gradient_is_one_scatter_per_table(granularity):
     theta = {"user": jnp.ones((7, 3)), "item": jnp.ones((9, 3))}
-    lam = L.init_lambda(granularity, 7, 9, 3, 0.1)
+    rng = np.random.default_rng(2)  # distinct lambdas per row, so a row mix-up shows
+    lam = jax.tree_util.tree_map(lambda x: jnp.asarray(rng.uniform(0.05, 0.5, x.shape), jnp.float32),
+                                 L.init_lambda(granularity, 7, 9, 3))
     batch = _batch()
     for f, args in ((jax.grad(L.train_loss), (theta, lam, batch)), (jax.grad(L.validation_loss), (theta, lam, batch)),
                     (jax.grad(L.train_loss, argnums=1), (theta, lam, batch))):
@@ -52,11 +54,11 @@ def test_interleave_rotates_the_order_and_summarise_takes_per_round_ratios():
     assert calls == list("aaabbbcccbbbcccaaa")  # 3 steps each, order rotated in round 2
     assert all(len(r["wall"]) == 2 and len(r["cpu"]) == 2 for r in rec.values())
     rec = {"mf_bpr": {"wall": [1.0, 2.0, 3.0], "cpu": [1.0, 1.0, 1.0]},
-           "fix": {"wall": [2.0, 4.0, 9.0], "cpu": [3.0, 3.0, 3.0]}}
+           "fix": {"wall": [3.0, 4.0, 3.0], "cpu": [3.0, 3.0, 3.0]}}
     out = B.summarise(rec, {"mf_bpr": 0.1, "fix": 0.2})
-    assert out["fix"]["wall_over_mf_bpr"] == 2.0  # median of 2, 2, 3 (not 5 / 2)
+    assert out["fix"]["wall_over_mf_bpr"] == 2.0  # median of 3, 2, 1 (the ratio of the medians is 1.5)
     assert out["fix"]["cpu_over_mf_bpr"] == 3.0 and out["mf_bpr"]["wall_over_fix"] == 0.5
-    assert out["fix"]["wall_ms"] == 4000.0 and out["fix"]["compile_s"] == 0.2
+    assert out["fix"]["wall_ms"] == 3000.0 and out["fix"]["compile_s"] == 0.2
 
 
 def test_benchmark_main_writes_ratios_and_refuses_bad_sizes(tmp_path, capsys):
@@ -86,4 +88,4 @@ def test_torch_dui_step_does_the_same_work():
     pytest.importorskip("torch")
     agree = B.agreement(threads=1)
     assert set(agree) == {"val_loss", "lambda_user", "lambda_item", "theta_user", "theta_item"}
-    assert max(agree.values()) < 1e-6, agree
+    assert max(agree.values()) < 1e-5, agree
