@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["init", "user_embedding", "item_embedding", "decide", "mlp_init"]
+__all__ = ["init", "user_embedding", "item_embedding", "decide", "decide_pair", "split_first", "mlp_init"]
 
 
 def mlp_init(key, sizes) -> list:
@@ -57,3 +57,42 @@ def decide(layers: list, x: jax.Array) -> jax.Array:
         x = jax.nn.relu(x @ w + b)
     w, b = layers[-1]
     return (x @ w + b)[..., 0]
+
+
+
+
+def split_first(layers: list, d_h: int) -> list:
+    """``layers`` with the first layer's weight split at row ``d_h``: ``[((W1[:d_h], W1[d_h:]), b1), ...]`` --
+    the user and item parts of the input ``[h, e]``, the form :func:`decide_pair` takes. Works on any pytree
+    shaped like the layers (gradients, Meta-SGD's per-parameter rates)."""
+    (w, b), rest = layers[0], list(layers[1:])
+    return [((w[:d_h], w[d_h:]), b), *rest]
+
+
+def _affine(x, layer, delta):
+    w, b = layer
+    y = x @ w + b
+    return y if delta is None else y + x @ delta[0] + delta[1]
+
+
+def decide_pair(layers: list, h: jax.Array, e: jax.Array, deltas: list | None = None) -> jax.Array:
+    """``decide(layers + deltas, [h, e_j])`` for every row ``e_j`` of ``e`` with one user embedding ``h``;
+    ``layers`` (and ``deltas``) in :func:`split_first` form.
+
+    - The first layer is split, ``h @ W1_user`` once per user plus ``e @ W1_item`` per item, instead of
+      repeating ``h`` on every row of a concatenated input (same math, half the first layer's per-row work
+      at MeLU's shapes).
+    - ``deltas`` (shaped like ``layers``, e.g. a user's inner-loop update) give the layers ``(W + dW, b +
+      db)``, evaluated as ``x @ W + x @ dW + b + db``: under ``jax.vmap`` over users with shared ``layers``
+      and per-user ``deltas``, the shared part stays one plain matmul over all users' rows and its gradient
+      needs no reduction over a per-user copy of ``W``.
+
+    h [..., d_h], e [..., n, d_e] -> [..., n]."""
+    deltas = [None] * len(layers) if deltas is None else deltas
+    ((wu, wi), b), d0 = layers[0], deltas[0]
+    x = (h @ wu)[..., None, :] + e @ wi + b
+    if d0 is not None:
+        x = x + (h @ d0[0][0])[..., None, :] + e @ d0[0][1] + d0[1]
+    for layer, delta in zip(layers[1:], deltas[1:]):
+        x = _affine(jax.nn.relu(x), layer, delta)
+    return x[..., 0]
