@@ -17,22 +17,12 @@ from hypothesis import strategies as st
 from jaxrec.data import Interactions, cold_start_split, major_users
 from jaxrec.method import train
 from jaxrec.methods import paml
-
-TINY = dict(small=True, emb_dim=3, hidden="4", rate_hidden="3,2", rate_scale=0.5, inner_lr=0.1, batch_size=4,
-            memory_size=16, k_train=3, k_test=2, eval_batch=64)
+from paml_cases import TINY, setup, tiny_data
 
 
 @pytest.fixture(scope="module")
 def data():
-    return paml.load(paml.PAMLConfig(**TINY), "synthetic", None, 0)
-
-
-def _setup(name, data, **kw):
-    cfg = paml.PAMLConfig(name=name, **{**TINY, **kw})
-    m = paml.method(cfg, data)
-    state = m.init(jax.random.PRNGKey(0))
-    batch = jax.tree_util.tree_map(lambda x: x[0], m.batches(0, 0))
-    return cfg, m, state, batch
+    return tiny_data()
 
 
 # ------------------------------------------------------------------------------- float64 meta-gradients
@@ -41,7 +31,7 @@ def _setup(name, data, **kw):
 @settings(max_examples=3, deadline=None, phases=(Phase.generate,))
 @given(seed=st.integers(0, 2 ** 16))
 def test_meta_gradient_matches_central_differences(data, name, seed):
-    cfg, m, state, batch = _setup(name, data, gamma=0.3, inner_steps=2)
+    cfg, m, state, batch = setup(name, data, gamma=0.3, inner_steps=2)
     if name == "at_paml":  # a filled memory (other users' keys: no tied neighbours), so that the read is differentiated
         later = m.batches(0, 0)
         for j in (1, 2):
@@ -69,7 +59,7 @@ def test_meta_gradient_matches_central_differences(data, name, seed):
 @pytest.mark.usefixtures("x64")
 def test_reg_term_is_gamma_times_grad_norm_times_rate(data):
     """REG-PAML's objective minus PAML's = gamma * mean_i |grad L_S(theta)|^2 * alpha(h_i)."""
-    cfg, _, state, batch = _setup("reg_paml", data, gamma=0.7)
+    cfg, _, state, batch = setup("reg_paml", data, gamma=0.7)
     params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), state.params)
     filled = state.used >= 0
     reg = paml.make_objective(cfg, data["ux"], data["ix"])[1](params, filled, batch, True, 3)
@@ -82,7 +72,7 @@ def test_reg_term_is_gamma_times_grad_norm_times_rate(data):
 # ------------------------------------------------------------------------------ vmap, step, short run
 @pytest.mark.parametrize("name", paml.VARIANTS)
 def test_vmap_over_users_equals_loop(data, name):
-    cfg, _, state, batch = _setup(name, data)
+    cfg, _, state, batch = setup(name, data)
     task_loss, objective, _ = paml.make_objective(cfg, data["ux"], data["ix"])
     filled = state.used >= 0
     val, aux = objective(state.params, filled, batch, True, 3)
@@ -100,7 +90,7 @@ def test_vmap_over_users_equals_loop(data, name):
 
 @pytest.mark.parametrize("name", ["reg_paml", "meta_sgd"])
 def test_step_is_adam_on_the_objective_gradient(data, name):
-    cfg, m, state, batch = _setup(name, data)
+    cfg, m, state, batch = setup(name, data)
     _, objective, _ = paml.make_objective(cfg, data["ux"], data["ix"])
     g = jax.grad(lambda p: objective(p, state.used >= 0, batch, True, cfg.k_train)[0])(state.params)
     tx = optax.adam(cfg.outer_lr)
@@ -113,7 +103,7 @@ def test_step_is_adam_on_the_objective_gradient(data, name):
 
 
 def test_at_paml_step_writes_normalised_keys_and_rates(data):
-    cfg, m, state, batch = _setup("at_paml", data)
+    cfg, m, state, batch = setup("at_paml", data)
     new, logs = m.step(state, batch, jax.random.PRNGKey(0))
     used = np.asarray(new.used)
     assert (used == 0).sum() == int(batch["w"].sum()) and (used == -1).sum() == cfg.memory_size - int(batch["w"].sum())

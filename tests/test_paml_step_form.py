@@ -13,22 +13,17 @@ import pytest
 from jaxrec import bilevel as bl
 from jaxrec.methods import paml
 from jaxrec.models import melu
-
-TINY = dict(small=True, emb_dim=3, hidden="4,3", rate_hidden="3,2", rate_scale=0.5, inner_lr=0.1, batch_size=4,
-            memory_size=16, k_train=3, k_test=2, eval_batch=64)
+from paml_cases import setup, tiny_data
 
 
 @pytest.fixture(scope="module")
 def data():
-    return paml.load(paml.PAMLConfig(**TINY), "synthetic", None, 0)
+    return tiny_data()
 
 
 def _setup(name, data, **kw):
-    cfg = paml.PAMLConfig(name=name, **{**TINY, **kw})
-    m = paml.method(cfg, data)
-    state = m.init(jax.random.PRNGKey(0))
-    batch = jax.tree_util.tree_map(lambda x: x[0], m.batches(0, 0))
-    return cfg, m, state, batch
+    """Two hidden layers here (the split first layer feeds a second one)."""
+    return setup(name, data, **{"hidden": "4,3", **kw})
 
 
 def _mse(pred, r, m):
