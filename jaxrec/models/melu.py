@@ -59,8 +59,6 @@ def decide(layers: list, x: jax.Array) -> jax.Array:
     return (x @ w + b)[..., 0]
 
 
-
-
 def split_first(layers: list, d_h: int) -> list:
     """``layers`` with the first layer's weight split at row ``d_h``: ``[((W1[:d_h], W1[d_h:]), b1), ...]`` --
     the user and item parts of the input ``[h, e]``, the form :func:`decide_pair` takes. Works on any pytree
