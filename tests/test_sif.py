@@ -182,7 +182,8 @@ def test_search_recovers_the_planted_operation():
 # --------------------------------------------------------------------------------------- CLI
 @pytest.mark.parametrize("argv,msg", [(["--dim", "0"], "--dim"), (["--lr", "-1"], "--lr"),
                                       (["--train-frac", "0.6", "--val-frac", "0.5"], "must be < 1"),
-                                      (["--model", "dart"], "invalid choice")])
+                                      (["--model", "dart"], "invalid choice"),
+                                      (["--table", "efficiency", "--tpe-batch", "0"], "--tpe-batch")])
 def test_cli_refuses_nonsense(argv, msg):
     r = subprocess.run([sys.executable, "-m", "experiments.sif", *argv, "--no-save"], capture_output=True, text=True)
     assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1
