@@ -103,8 +103,10 @@ class Runner:
         return None
 
     # ------------------------------------------------------------------------------------------ runs
-    def run(self, config: Any, seed: int, label: str | None = None) -> dict:
-        """One trained run (or its cached results file): ``{"val", "test", "seed", "config", "extra", ...}``."""
+    def run(self, config: Any, seed: int, label: str | None = None, fresh: bool = False) -> dict:
+        """One trained run (or its cached results file): ``{"val", "test", "seed", "config", "extra", ...}``.
+        ``fresh=True`` trains even when a results file exists (and replaces it): for a timing that must come
+        from this run, beside the others it is compared with."""
         label = label or _label(config, self.spec.name)
         stem = f"{label}_{config_hash(config)}_seed{seed}"
         path = self.folder / f"{stem}.json"
@@ -133,7 +135,7 @@ class Runner:
                     np.savez_compressed(self.folder / f"{stem}.{name}.npz", **arrays)
             return rec
 
-        if not self.save:
+        if not self.save or fresh:
             return train()
         return run_once(lambda: self._find([path]), train, path.with_suffix(".running"))
 

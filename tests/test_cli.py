@@ -188,6 +188,24 @@ def test_failed_grid_point_is_recorded_and_the_grid_goes_on(tmp_path, capsys):
     assert "lr=0.01: " in text and "| MF-BPR |" in text
 
 
+def test_run_reads_its_cache_unless_fresh(tmp_path):
+    """A second ``run`` of the same config reads the stored file (no training); ``fresh=True`` trains again."""
+    from jaxrec import experiment
+
+    inv = cli.parse(SPECS["mf_bpr"], ["--quick", "--seeds", "1", "--out", str(tmp_path), "--epochs", "1"])
+    runner = experiment.Runner(inv)
+    calls = []
+    real = runner.module.method
+    runner.module = type("Counting", (), {k: staticmethod(getattr(runner.module, k)) if callable(getattr(runner.module, k))
+                                          else getattr(runner.module, k) for k in ("DATA_FIELDS", "load", "most_popular")})
+    runner.module.method = staticmethod(lambda c, d: calls.append(1) or real(c, d))
+    first = runner.run(runner.base, 0)
+    again = runner.run(runner.base, 0)
+    assert len(calls) == 1 and again["metrics"] == first["metrics"]
+    fresh = runner.run(runner.base, 0, fresh=True)
+    assert len(calls) == 2 and fresh["metrics"] == first["metrics"]  # deterministic: same numbers, new timing
+
+
 # ------------------------------------------------------------------------------- notebooks
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
