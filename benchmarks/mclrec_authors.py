@@ -138,6 +138,30 @@ def to_markdown(summary: dict, meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def init_terms(M, model, state, batch: dict, key) -> dict:
+    """Ours, term by term, at ``state`` on ``batch`` with the step's own views and first dropout key (the split
+    the step's aux does not log): ``L_con`` of ``(h1, z2), (h2, z1), (z1, z2), (h1, h2)``, ``R`` of the first
+    three, and the mean norms of ``h`` and ``z``. Run once at init, outside the timing."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxrec import augment
+
+    c = model.config
+    k_aug, k1, _, _ = jax.random.split(key, 4)
+    v1, v2 = augment.two_views(k_aug, batch["seq"], c.crop_ratio, c.mask_ratio, c.reorder_ratio)
+    b = batch["seq"].shape[0]
+    hs = M.encode_train(model, state.theta, jnp.concatenate([batch["seq"], v1, v2]), k1)
+    h1, h2 = hs[b:2 * b], hs[2 * b:]
+    p1, p2 = state.lam["aug1"], state.lam["aug2"]
+    z1, z2 = model.augmenter.apply({"params": p1}, h1), model.augmenter.apply({"params": p2}, h2)
+    reg = lambda a, z: float(M.contrastive_regularizer(a, z, per_row=c.reg_per_row))  # noqa: E731
+    return {"L_con(h1,z2)": float(M.nt_xent(h1, z2)), "L_con(h2,z1)": float(M.nt_xent(h2, z1)),
+            "L_con(z1,z2)": float(M.nt_xent(z1, z2)), "L_con(h1,h2)": float(M.nt_xent(h1, h2)),
+            "R(h1,z2)": reg(h1, z2), "R(h2,z1)": reg(h2, z1), "R(z1,z2)": reg(z1, z2),
+            "h_norm": float(jnp.linalg.norm(h1, axis=1).mean()), "z_norm": float(jnp.linalg.norm(z1, axis=1).mean())}
+
+
 def _taskset(cores: str) -> list[str]:
     return ["taskset", "-c", cores] if cores else []
 
@@ -231,6 +255,8 @@ def main(argv=None):
     step = jax.jit(M.make_step(model, jit=False)).lower(state, b0, k0).compile()
     compile_s = time.perf_counter() - t
     print(f"ours: compile {compile_s:.1f} s, setup {ours_setup_s:.1f} s; load {os.getloadavg()[0]:.2f}", flush=True)
+    terms0 = init_terms(M, model, state, b0, k0)
+    print("ours at init, batch 1, term by term: " + ", ".join(f"{k} {v:.3f}" for k, v in terms0.items()), flush=True)
 
     # ---- alternate
     recv_epoch = None
@@ -270,6 +296,7 @@ def main(argv=None):
             "theirs_env": {k: ready[k] for k in ("torch", "numpy", "shims", "threads")},
             "data": {"ours": mine, "theirs": {k: ready[k] for k in mine}, "equal": same,
                      "theirs_item_ids_identity": ready["item_ids_identity"]},
+            "ours_init_terms": terms0, "theirs_batch1_stage1": theirs[0]["stages"].get("step1"),
             "theirs_config": ready["config"], "ours_config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
             "command": " ".join([sys.executable] + sys.argv)}
     md = to_markdown(summary, meta)
