@@ -16,6 +16,6 @@ def setup(name, data, **kw):
     """``(config, method, initial state, first batch)`` of family member ``name`` at ``TINY`` updated by ``kw``."""
     cfg = paml.PAMLConfig(name=name, **{**TINY, **kw})
     m = paml.method(cfg, data)
-    state = m.init(jax.random.PRNGKey(0))
+    state = jax.jit(m.init)(jax.random.PRNGKey(0))  # one compilation instead of many eager ops
     batch = jax.tree_util.tree_map(lambda x: x[0], m.batches(0, 0))
     return cfg, m, state, batch
