@@ -10,7 +10,8 @@ The variant here follows the one used by CL4SRec / ICLRec / MCLRec (post-LayerNo
 
 Sequences are **left-padded** (right-aligned): ``seq[b, L-1]`` is the most recent item, padding (id 0)
 fills the front, so "the last real position" is always ``L-1`` and positions are counted from the left
-of the ``max_len`` window as in the authors' code. An input narrower than ``max_len`` is read as the last
+of the ``max_len`` window (the authors' RecBole code right-pads instead, with positions counted from the first
+item; see docs/mclrec.md). An input narrower than ``max_len`` is read as the last
 columns of that window (position ids ``max_len-W .. max_len-1``), so dropping leading columns that are
 padding in every row (:func:`trim_batch`) changes nothing but the cost. ``scores = h E[1:]^T`` ranks the ``n_items`` real items (column ``j`` is item
 ``j+1``); the padding id is never a candidate.
