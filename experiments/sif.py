@@ -104,30 +104,36 @@ def table_efficiency(runner) -> str:
     hist = rec["extra"]["history"]
     curves = {"SIF": (np.cumsum([h["time_s"] for h in hist]), [-h["val"]["neg_rmse"] for h in hist])}
     data = runner.data(base, seed)
-    train = sif.candidate_trainer(base, data, cand_epochs)
-    archs = sif.sample_archs(np.random.default_rng(seed), n_rand)
-    t, vals = [], []
-    for j in range(0, n_rand, 10):  # 10 candidates per vmapped call
-        out = train(archs[j:j + 10], seed)
-        t += [(t[-1] if t else 0.0) + out["wall_s"]] * len(out["val_rmse"])
-        vals += list(out["val_rmse"])
-        runner.log(f"random search: {len(vals)}/{n_rand} candidates, best val RMSE {min(vals):.4f}, {t[-1]:.0f}s")
-    curves["random"] = (np.asarray(t), vals)
+
+    def search(name, total, chunk, propose, tell=lambda batch, vals: None):
+        """``(cumulative wall times, val RMSEs)`` of ``total`` candidates trained ``chunk`` at a time under
+        vmap (``propose(n)`` -> ``(batch, archs)``); a fresh trainer, so each search pays its own compilation."""
+        train, t, vals = sif.candidate_trainer(base, data, cand_epochs), [], []
+        while len(vals) < total:
+            batch, archs = propose(min(chunk, total - len(vals)))
+            out = train(archs, seed)
+            tell(batch, out["val_rmse"])
+            t += [(t[-1] if t else 0.0) + out["wall_s"]] * len(archs)
+            vals += [float(v) for v in out["val_rmse"]]
+            runner.log(f"{name}: {len(vals)}/{total} evaluations, best val RMSE {min(vals):.4f}, {t[-1]:.0f}s")
+        return np.asarray(t), vals
+
+    archs = iter(sif.sample_archs(np.random.default_rng(seed), n_rand))
+    curves["random"] = search("random search", n_rand, 10, lambda n: (None, [next(archs) for _ in range(n)]))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tpe_batch = a.tpe_batch
     # several trials asked before any is told: the constant liar keeps them apart (optuna's parallel TPE)
-    sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=tpe_batch > 1)
-    study, t, vals = optuna.create_study(sampler=sampler), [], []
-    train = sif.candidate_trainer(base, data, cand_epochs)  # a fresh trainer: TPE pays its own compilation, as random and SIF
-    while len(vals) < n_tpe:
-        trials = [study.ask() for _ in range(min(tpe_batch, n_tpe - len(vals)))]
-        out = train([sif.tpe_space(trial) for trial in trials], seed)
-        for trial, v in zip(trials, out["val_rmse"]):
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed, constant_liar=tpe_batch > 1))
+
+    def ask(n):
+        trials = [study.ask() for _ in range(n)]
+        return trials, [sif.tpe_space(trial) for trial in trials]
+
+    def tell(trials, vals):
+        for trial, v in zip(trials, vals):
             study.tell(trial, float(v))
-        t += [(t[-1] if t else 0.0) + out["wall_s"]] * len(trials)
-        vals += [float(v) for v in out["val_rmse"]]
-        runner.log(f"TPE: {len(vals)}/{n_tpe} evaluations, best val RMSE {min(vals):.4f}, {t[-1]:.0f}s")
-    curves["TPE"] = (np.asarray(t), vals)
+
+    curves["TPE"] = search("TPE", n_tpe, tpe_batch, ask, tell)
     lines = [f"### Search efficiency on {runner.dataset}, k={base.dim}, seed {seed}: best validation RMSE (standardised)",
              "", "| search | evaluations | best val RMSE | wall time (s) | time to reach random's best (s) | "
              "time to reach TPE's best (s) |", "|---|---|---|---|---|---|"]
