@@ -258,6 +258,7 @@ def _same(a, b):
     return all(bool(jnp.array_equal(x, y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+@functools.lru_cache(maxsize=None)
 def _stages(model):
     """Stage 1 / stage 2 of the method, jitted: ``parts.inner`` / ``parts.outer`` of its AlternatingStep."""
     parts = M.make_parts(model)
@@ -303,12 +304,13 @@ def test_stage2_gradient_is_that_of_the_phi_loss_at_the_new_theta():
     views = A.two_views(jax.random.PRNGKey(1), batch["seq"])
     s1 = stage1(state, batch, views, jax.random.PRNGKey(2))[0]
     s2, lp = stage2(s1, views, jax.random.PRNGKey(3))
-    h = M.encode_train(model, s1.theta, jnp.concatenate(views), jax.random.PRNGKey(3))
+    h = jax.jit(lambda th, x, k: M.encode_train(model, th, x, k))(s1.theta, jnp.concatenate(views),
+                                                                    jax.random.PRNGKey(3))
 
     def phi_loss(phi):
         return M.meta_objective(model, *M.meta_terms(model, phi, h[:64], h[64:]))
 
-    value, g = jax.value_and_grad(phi_loss)(s1.lam)
+    value, g = jax.jit(jax.value_and_grad(phi_loss))(s1.lam)
     np.testing.assert_allclose(lp, value, rtol=1e-5)
     step = jax.tree.map(lambda a, b: a - b, s2.lam, s1.lam)
     for d, gg in zip(jax.tree.leaves(step), jax.tree.leaves(g)):

@@ -26,21 +26,32 @@ def data():
 
 
 # ------------------------------------------------------------------------------- float64 meta-gradients
+_FD_CASES = {}
+
+
+def _fd_case(data, name):
+    """``(f, grad f, float64 params)`` of one family member, built and jitted once for every drawn direction."""
+    if name not in _FD_CASES:
+        cfg, m, state, batch = setup(name, data, gamma=0.3, inner_steps=2)
+        if name == "at_paml":  # a filled memory (other users' keys: no tied neighbours), so that the read is differentiated
+            later, step = m.batches(0, 0), jax.jit(m.step)
+            for j in (1, 2):
+                state, _ = step(state, jax.tree_util.tree_map(lambda x, j=j: x[j], later), jax.random.PRNGKey(1))
+        params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), state.params)
+        _, objective, _ = paml.make_objective(cfg, data["ux"], data["ix"])
+        filled = state.used >= 0
+        f = jax.jit(lambda p: objective(p, filled, batch, True, cfg.k_train)[0])
+        _FD_CASES[name] = (f, jax.jit(jax.grad(f)), params)
+    return _FD_CASES[name]
+
+
 @pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("name", ["paml", "reg_paml", "at_paml"])
 @settings(max_examples=3, deadline=None, phases=(Phase.generate,))
 @given(seed=st.integers(0, 2 ** 16))
 def test_meta_gradient_matches_central_differences(data, name, seed):
-    cfg, m, state, batch = setup(name, data, gamma=0.3, inner_steps=2)
-    if name == "at_paml":  # a filled memory (other users' keys: no tied neighbours), so that the read is differentiated
-        later = m.batches(0, 0)
-        for j in (1, 2):
-            state, _ = m.step(state, jax.tree_util.tree_map(lambda x, j=j: x[j], later), jax.random.PRNGKey(1))
-    params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), state.params)
-    _, objective, _ = paml.make_objective(cfg, data["ux"], data["ix"])
-    filled = state.used >= 0
-    f = lambda p: objective(p, filled, batch, True, cfg.k_train)[0]  # noqa: E731
-    g = jax.grad(f)(params)
+    f, grad, params = _fd_case(data, name)
+    g = grad(params)
     leaves, tdef = jax.tree_util.tree_flatten(params)
     keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
     v = jax.tree_util.tree_unflatten(tdef, [jax.random.normal(k, x.shape, jnp.float64) for k, x in zip(keys, leaves)])
@@ -62,9 +73,10 @@ def test_reg_term_is_gamma_times_grad_norm_times_rate(data):
     cfg, _, state, batch = setup("reg_paml", data, gamma=0.7)
     params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), state.params)
     filled = state.used >= 0
-    reg = paml.make_objective(cfg, data["ux"], data["ix"])[1](params, filled, batch, True, 3)
-    plain = paml.make_objective(dataclasses.replace(cfg, name="paml"), data["ux"], data["ix"])[1](
-        params, filled, batch, True, 3)
+    reg_obj = paml.make_objective(cfg, data["ux"], data["ix"])[1]
+    plain_obj = paml.make_objective(dataclasses.replace(cfg, name="paml"), data["ux"], data["ix"])[1]
+    reg = jax.jit(lambda p: reg_obj(p, filled, batch, True, 3))(params)
+    plain = jax.jit(lambda p: plain_obj(p, filled, batch, True, 3))(params)
     np.testing.assert_allclose(float(reg[0] - plain[0]), 0.7 * float(reg[1]["reg"]), rtol=1e-10)
     assert float(reg[1]["reg"]) > 0
 
@@ -75,14 +87,17 @@ def test_vmap_over_users_equals_loop(data, name):
     cfg, _, state, batch = setup(name, data)
     task_loss, objective, _ = paml.make_objective(cfg, data["ux"], data["ix"])
     filled = state.used >= 0
-    val, aux = objective(state.params, filled, batch, True, 3)
-    g = jax.grad(lambda p: objective(p, filled, batch, True, 3)[0])(state.params)
+    # jitted (each compiled once: every task has the same shapes); the values are those of the eager calls
+    val, aux = jax.jit(lambda p: objective(p, filled, batch, True, 3))(state.params)
+    g = jax.jit(jax.grad(lambda p: objective(p, filled, batch, True, 3)[0]))(state.params)
     n = batch["w"].shape[0]
     tasks = [{k: batch[k][i] for k in paml.TASK_KEYS} for i in range(n)]
-    loop = [task_loss(state.params, filled, t, True, 3)[0] for t in tasks]
+    one = lambda p, t: task_loss(p, filled, t, True, 3)[0]  # noqa: E731
+    one_loss, one_grad = jax.jit(one), jax.jit(jax.grad(one))
+    loop = [one_loss(state.params, t) for t in tasks]
     w = np.asarray(batch["w"])
     np.testing.assert_allclose(float(val), float(np.sum(w * np.array(loop)) / w.sum()), rtol=1e-5)
-    g_loop = [jax.grad(lambda p, t=t: task_loss(p, filled, t, True, 3)[0])(state.params) for t in tasks]
+    g_loop = [one_grad(state.params, t) for t in tasks]
     g_mean = jax.tree_util.tree_map(lambda *gs: sum(wi * x for wi, x in zip(w, gs)) / w.sum(), *g_loop)
     for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(g_mean)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=1e-6)
@@ -92,7 +107,7 @@ def test_vmap_over_users_equals_loop(data, name):
 def test_step_is_adam_on_the_objective_gradient(data, name):
     cfg, m, state, batch = setup(name, data)
     _, objective, _ = paml.make_objective(cfg, data["ux"], data["ix"])
-    g = jax.grad(lambda p: objective(p, state.used >= 0, batch, True, cfg.k_train)[0])(state.params)
+    g = jax.jit(jax.grad(lambda p: objective(p, state.used >= 0, batch, True, cfg.k_train)[0]))(state.params)
     tx = optax.adam(cfg.outer_lr)
     upd, _ = tx.update(g, tx.init(state.params), state.params)
     want = optax.apply_updates(state.params, upd)
@@ -104,7 +119,7 @@ def test_step_is_adam_on_the_objective_gradient(data, name):
 
 def test_at_paml_step_writes_normalised_keys_and_rates(data):
     cfg, m, state, batch = setup("at_paml", data)
-    new, logs = m.step(state, batch, jax.random.PRNGKey(0))
+    new, logs = jax.jit(m.step)(state, batch, jax.random.PRNGKey(0))
     used = np.asarray(new.used)
     assert (used == 0).sum() == int(batch["w"].sum()) and (used == -1).sum() == cfg.memory_size - int(batch["w"].sum())
     keys = np.asarray(new.params["memory"]["keys"])[used == 0]
