@@ -45,6 +45,7 @@ from jaxrec.results import save_result
 
 VARIANTS = {
     "mclrec+repeat": ("mclrec", {"repeat_stage1": True}),
+    "mclrec+repeat/dense": ("mclrec", {"repeat_stage1": True, "ragged_width": 0}),  # no ragged encoding
     "mclrec": ("mclrec", {"repeat_stage1": False}),
     "mclrec_j": ("mclrec_j", {}),
     "cl4srec": ("cl4srec", {}),

@@ -104,6 +104,23 @@ def test_score_all_is_h_times_real_item_table():
     np.testing.assert_allclose(scores, h @ E[1:].T, rtol=1e-5, atol=1e-6)
 
 
+def test_last_position_path_equals_full_sequence_output():
+    """``SASRec.__call__`` runs the last block on position L-1 only; its value and gradient equal those of the
+    full ``sequence_output(...)[:, -1]`` (dropout off), and a train-mode call at rate 0 equals them too."""
+    m, p = _model()
+    seq = jnp.asarray(_batch(np.random.default_rng(5), 6, 10)[0])
+    full = lambda p, s: m.apply({"params": p}, s, method=S.SASRec.sequence_output)[:, -1]  # noqa: E731
+    np.testing.assert_allclose(_enc(m)(p, seq), jax.jit(full)(p, seq), rtol=1e-5, atol=1e-6)
+    g_last = jax.jit(jax.grad(lambda p, s: jnp.sum(jnp.sin(S.encode(m, p, s)))))(p, seq)
+    g_full = jax.jit(jax.grad(lambda p, s: jnp.sum(jnp.sin(full(p, s)))))(p, seq)
+    for a, b in zip(jax.tree.leaves(g_last), jax.tree.leaves(g_full)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+    cfg0 = S.SASRecConfig(n_items=N_ITEMS, max_len=10, hidden=16, n_heads=2, ff=64, dropout=0.0, attn_dropout=0.0)
+    m0 = S.SASRec(cfg0)
+    t0 = jax.jit(lambda p, s, k: S.encode(m0, p, s, k, train=True))(p, seq, jax.random.PRNGKey(1))
+    np.testing.assert_allclose(t0, _enc(m)(p, seq), rtol=1e-5, atol=1e-6)
+
+
 def test_dropout_train_vs_eval():
     m, p = _model()
     seq = jnp.asarray(_batch(np.random.default_rng(4), 5, 10)[0])
@@ -159,3 +176,12 @@ def test_ragged_encoding_is_exact_on_both_paths():
     seq2[3:8, 0] = 9                                                                      # 8 long rows
     np.testing.assert_allclose(rag(p, jnp.asarray(seq2)), _enc(m)(p, jnp.asarray(seq2)), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(S.extents(jnp.asarray(seq))[:4], [10, 10, 10, 4])
+
+
+def test_last_block_benchmark_runs_and_refuses_bad_sizes():
+    import benchmarks.sasrec_last_block as BL
+
+    med = BL.main(["--batch-size", "4", "--max-len", "6", "--n-items", "20", "--rounds", "1"])
+    assert set(med) == {"full", "last"} and all(v["both"] > 0 and v["fwd"] > 0 for v in med.values())
+    with pytest.raises(SystemExit):
+        BL.main(["--rounds", "0"])
