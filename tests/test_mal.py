@@ -171,9 +171,14 @@ def test_new_fields_keep_the_stored_runs_keys():
 
     from jaxrec.experiment import config_hash
 
-    path = next(iter(sorted((Path(__file__).parents[1] / "results" / "mal" / "ml-100k").glob("MF-MAL_*_seed0.json"))))
-    cfg = mal.MALConfig(**{k: tuple(v) if isinstance(v, list) else v
-                           for k, v in json.loads(path.read_text())["config"].items()})
+    def config(path):
+        return mal.MALConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                for k, v in json.loads(path.read_text())["config"].items()})
+
+    # a run stored before the new fields (old protocol: both at their defaults), not a --grid paper rerun
+    stored = sorted((Path(__file__).parents[1] / "results" / "mal" / "ml-100k").glob("MF-MAL_*_seed0.json"))
+    path = next(p for p in stored if (config(p).meta_frac, config(p).negatives) == (0.0, "topm"))
+    cfg = config(path)
     assert path.name == f"MF-MAL_{config_hash(cfg)}_seed0.json"
     keys = {config_hash(dataclasses.replace(cfg, **kw)) for kw in ({}, {"meta_frac": 0.1}, {"negatives": "threshold"})}
     assert len(keys) == 3
