@@ -177,8 +177,7 @@ def test_new_fields_keep_the_stored_runs_keys():
 
     # a run stored before the new fields (old protocol: both at their defaults), not a --grid paper rerun
     stored = sorted((Path(__file__).parents[1] / "results" / "mal" / "ml-100k").glob("MF-MAL_*_seed0.json"))
-    path = next(p for p in stored if (config(p).meta_frac, config(p).negatives) == (0.0, "topm"))
-    cfg = config(path)
+    path, cfg = next((p, c) for p, c in ((p, config(p)) for p in stored) if (c.meta_frac, c.negatives) == (0.0, "topm"))
     assert path.name == f"MF-MAL_{config_hash(cfg)}_seed0.json"
     keys = {config_hash(dataclasses.replace(cfg, **kw)) for kw in ({}, {"meta_frac": 0.1}, {"negatives": "threshold"})}
     assert len(keys) == 3
