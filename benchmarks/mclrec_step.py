@@ -14,6 +14,9 @@ machine is shared). Variants:
 
 - ``mclrec+repeat``: stage 1, stage 2, stage 1 again (three passes; the authors' code per batch, and the
   ``mclrec`` preset since issue 32);
+- ``mclrec+repeat/dense``: the same at width 50 for every row (no ragged encoding);
+- ``mclrec+repeat/cond``: the same with the ragged path chosen on the device by ``lax.cond`` (how the step
+  ran before the host-side check of ``mclrec.ragged_flag``; its backward keeps both branches' residuals);
 - ``mclrec``: stage 1 + stage 2 only;
 - ``mclrec_j``, ``cl4srec``, ``sasrec``: one update per batch.
 
@@ -46,6 +49,7 @@ from jaxrec.results import save_result
 VARIANTS = {
     "mclrec+repeat": ("mclrec", {"repeat_stage1": True}),
     "mclrec+repeat/dense": ("mclrec", {"repeat_stage1": True, "ragged_width": 0}),  # no ragged encoding
+    "mclrec+repeat/cond": ("mclrec", {"repeat_stage1": True}),  # ragged path chosen by lax.cond on the device
     "mclrec": ("mclrec", {"repeat_stage1": False}),
     "mclrec_j": ("mclrec_j", {}),
     "cl4srec": ("cl4srec", {}),
@@ -93,22 +97,33 @@ def matmul_rate(batch_size, max_len, hidden, ff, n_items, repeats=5):
 
 
 def encoder_bwd_fwd(n_items, batch_size, max_len, repeats=3):
-    """Encoder (train mode, dropout on, ragged as configured) on the ``[3B, L]`` stage-1 input: forward time,
-    forward + backward time, and the backward / forward ratios in time and in XLA FLOPs."""
-    cfg = M.preset("mclrec", batch_size=batch_size, max_len=max_len)
-    model = M.build(cfg, n_items)
-    theta = M.init_state(model, jax.random.PRNGKey(0)).theta
+    """Encoder (train mode, dropout on) on the ``[3B, L]`` stage-1 input, in three forms: ``ragged`` (the
+    path checked on the host, as the step runs it), ``cond`` (ragged, chosen by ``lax.cond``) and
+    ``dense`` (width 50): forward time, forward + backward time, and the backward / forward ratios in time
+    and in XLA FLOPs (the ``cond`` form's FLOPs count its full-width branch)."""
     rng = np.random.default_rng(1)
     x = jnp.concatenate([beauty_like_batch(rng, batch_size, max_len, n_items)["seq"] for _ in range(3)])
     key = jax.random.PRNGKey(2)
-    fwd = jax.jit(lambda th, x, k: jnp.sum(M.encode_train(model, th, x, k)))
-    both = jax.jit(jax.value_and_grad(lambda th, x, k: jnp.sum(M.encode_train(model, th, x, k))))
-    f_fl = flops_of(fwd.lower(theta, x, key).compile())
-    b_fl = flops_of(both.lower(theta, x, key).compile())
-    t_f = _median_time(fwd, (theta, x, key), repeats)
-    t_b = _median_time(both, (theta, x, key), repeats)
-    return {"fwd_s": t_f, "fwd_bwd_s": t_b, "bwd_over_fwd_time": (t_b - t_f) / t_f,
-            "fwd_gflop": f_fl / 1e9, "bwd_over_fwd_flops": (b_fl - f_fl) / f_fl}
+    out = {}
+    for form, over in (("ragged", {}), ("cond", {}), ("dense", {"ragged_width": 0})):
+        cfg = M.preset("mclrec", batch_size=batch_size, max_len=max_len, **over)
+        model = M.build(cfg, n_items)
+        theta = M.init_state(model, jax.random.PRNGKey(0)).theta
+        flag = M.ragged_flag(cfg, np.asarray(x)[None, :batch_size]) if form == "ragged" else None
+        if flag is not None and not flag.value:
+            raise RuntimeError("the benchmark batch does not fit the ragged split; use another seed")
+
+        def enc_sum(th, x, k, model=model, flag=flag):
+            return jnp.sum(M.encode_train(model, th, x, k, flag))
+
+        fwd, both = jax.jit(enc_sum), jax.jit(jax.value_and_grad(enc_sum))
+        f_fl = flops_of(fwd.lower(theta, x, key).compile())
+        b_fl = flops_of(both.lower(theta, x, key).compile())
+        t_f = _median_time(fwd, (theta, x, key), repeats)
+        t_b = _median_time(both, (theta, x, key), repeats)
+        out[form] = {"fwd_s": t_f, "fwd_bwd_s": t_b, "bwd_over_fwd_time": (t_b - t_f) / t_f,
+                     "fwd_gflop": f_fl / 1e9, "bwd_over_fwd_flops": (b_fl - f_fl) / f_fl}
+    return out
 
 
 def _cpu() -> float:
@@ -131,6 +146,10 @@ def time_step(name, n_items, batch_size, max_len, steps, rng):
     model = M.build(cfg, n_items)
     state = M.init_state(model, jax.random.PRNGKey(0))
     batches = [beauty_like_batch(rng, batch_size, max_len, n_items) for _ in range(4)]
+    if not name.endswith("/cond"):  # the host-side check the training loop makes (one flag for the 4 batches)
+        flag = M.ragged_flag(cfg, np.stack([np.asarray(b["seq"]) for b in batches]))
+        if flag is not None:
+            batches = [dict(b, ragged=flag) for b in batches]
     t = time.perf_counter()
     step = jax.jit(M.make_step(model, jit=False)).lower(state, batches[0], jax.random.PRNGKey(0)).compile()
     compile_s = time.perf_counter() - t
@@ -213,9 +232,12 @@ def main(argv=None):
     if not args.no_encoder:
         enc = encoder_bwd_fwd(args.n_items, args.batch_size, args.max_len)
         enc["load_avg_after"] = os.getloadavg()[0]
-        print(f"encoder [3B, L] train mode: forward {enc['fwd_s'] * 1e3:.1f} ms, forward+backward "
-              f"{enc['fwd_bwd_s'] * 1e3:.1f} ms: backward / forward {enc['bwd_over_fwd_time']:.2f}x in time, "
-              f"{enc['bwd_over_fwd_flops']:.2f}x in XLA FLOPs; load {enc['load_avg_after']:.1f}", flush=True)
+        for form in ("ragged", "cond", "dense"):
+            e = enc[form]
+            print(f"encoder [3B, L] train mode, {form:6s}: forward {e['fwd_s'] * 1e3:.1f} ms, forward+backward "
+                  f"{e['fwd_bwd_s'] * 1e3:.1f} ms: backward / forward {e['bwd_over_fwd_time']:.2f}x in time, "
+                  f"{e['bwd_over_fwd_flops']:.2f}x in XLA FLOPs", flush=True)
+        print(f"load {enc['load_avg_after']:.1f}", flush=True)
     ev = None
     if not args.no_eval:
         ev = time_eval(args.eval_users, args.n_items, args.max_len, args.eval_repeats, rng)

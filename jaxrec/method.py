@@ -31,7 +31,7 @@ import numpy as np
 
 from jaxrec.train import fit
 
-__all__ = ["Method", "RunResult", "train", "epoch_function", "heartbeat"]
+__all__ = ["Method", "RunResult", "Static", "train", "epoch_function", "heartbeat"]
 
 
 class Method(NamedTuple):
@@ -42,6 +42,19 @@ class Method(NamedTuple):
     step: Callable[[Any, Any, jax.Array], tuple[Any, dict]]
     evaluate: Callable[[Any, str], dict]
     summary: Callable[[Any], dict] | None = None
+
+
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class Static:
+    """A host-side fact carried inside ``batches`` that selects a compiled variant of ``step``.
+
+    It has no array leaves, so ``jit`` and ``lax.scan`` keep ``value`` in the tree structure: ``step``
+    reads it as a Python value (``batch["flag"].value``), and an epoch whose value differs compiles its
+    own variant instead of branching on the device. Example: MCLRec's ragged encoding, checked on the
+    host for the whole epoch, runs without a ``lax.cond`` (see ``jaxrec.methods.mclrec.epoch_batches``)."""
+
+    value: Any
 
 
 @dataclasses.dataclass

@@ -368,6 +368,43 @@ def test_epoch_batches_are_a_function_of_seed_and_epoch():
     np.testing.assert_array_equal(b["key"][2], jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(0), 1), 2))
 
 
+def test_ragged_flag_hand_case():
+    """``long_rows(m B) = round(0.25 m B)``; a batch of 8 rows with k rows longer than 2 fits every encode
+    call (m = 1, 2, 3 stacked copies) iff m k <= 2 m, i.e. k <= 2; off when ``ragged_width = 0``."""
+    cfg = M.preset("mclrec", **{**TINY, "ragged_width": 2})
+    seq = np.zeros((1, 8, 8), np.int32)
+    seq[0, :, -2:] = 5                               # every row has 2 items
+    seq[0, :2, -3] = 6                               # 2 rows of 3 items
+    assert M.ragged_flag(cfg, seq).value
+    seq[0, 2, -3] = 6                                # a third long row
+    assert not M.ragged_flag(cfg, seq).value
+    assert M.ragged_flag(M.preset("mclrec", **{**TINY, "ragged_width": 0}), seq) is None
+    assert [M.long_rows(cfg, n) for n in (8, 16, 24, 2)] == [2, 4, 6, 1]
+
+
+def test_host_checked_ragged_step_equals_the_cond_step():
+    """The step with the epoch's ``ragged`` flag (no ``lax.cond``) gives the state the device-side cond
+    gives, on a batch that fits and on one whose views do not fit either (rows of 8 items: crops of 4 and
+    masked views of at least 4 items are longer than 3); the method's batches carry the flag."""
+    data = _data()
+    model, state, batch = _setup(ragged_width=3, ragged_long_frac=0.75)
+    step = M.make_step(model)
+    seqs = np.asarray(data["train_seq"])
+    ext = (seqs != 0).sum(-1)
+    for pick in (np.argsort(ext)[:64], np.argsort(-ext)[:64]):   # shortest rows (fit), longest (do not)
+        b = {"seq": jnp.asarray(seqs[pick]), "target": jnp.asarray(data["train_target"][pick])}
+        flag = M.ragged_flag(model.config, seqs[pick][None])
+        ref, _ = step(state, b, jax.random.PRNGKey(3))
+        out, aux = step(state, dict(b, ragged=flag), jax.random.PRNGKey(3))
+        assert np.isfinite(float(aux["loss"]))
+        for x, y in zip(jax.tree.leaves((ref.theta, ref.lam)), jax.tree.leaves((out.theta, out.lam))):
+            np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-6)
+    assert M.ragged_flag(model.config, seqs[np.argsort(ext)[:64]][None]).value
+    assert not M.ragged_flag(model.config, seqs[np.argsort(-ext)[:64]][None]).value
+    b = M.epoch_batches(data, 0, 1, 64, config=model.config)
+    assert isinstance(b["ragged"], protocol.Static) and "ragged" not in M.epoch_batches(data, 0, 1, 64)
+
+
 def test_short_run_improves_validation_ndcg():
     data = _data()
     model, state, _ = _setup()

@@ -178,6 +178,32 @@ def test_ragged_encoding_is_exact_on_both_paths():
     np.testing.assert_array_equal(S.extents(jnp.asarray(seq))[:4], [10, 10, 10, 4])
 
 
+def test_host_checked_ragged_paths_are_exact_and_loud():
+    """``fits=True`` runs the split without a cond (values and gradients equal the full width); given a
+    batch that does not fit, it returns NaN rows instead of truncating; ``fits=False`` is the full width."""
+    m, p = _model()
+    rng = np.random.default_rng(6)
+    seq, _ = _batch(rng, 16, 10)
+    seq[:, :6] = np.where(np.arange(16)[:, None] < 3, seq[:, :6], 0)  # 3 long rows, 13 rows of <= 4 items
+    seq[:3, 0] = 7
+    ext = np.asarray(S.extents(jnp.asarray(seq)))
+    assert bool(S.ragged_fits(ext, 4, 4)) and not bool(S.ragged_fits(ext, 4, 2))
+    full = _enc(m)(p, jnp.asarray(seq))
+
+    def f(fits, lr=4):
+        return jax.jit(lambda p, s: S.encode_ragged(m, p, s, short_width=4, long_rows=lr, fits=fits))
+
+    np.testing.assert_allclose(f(True)(p, jnp.asarray(seq)), full, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(f(False)(p, jnp.asarray(seq)), full, rtol=1e-5, atol=1e-6)
+    assert np.isnan(np.asarray(f(True, lr=2)(p, jnp.asarray(seq)))).all()        # 3 long rows > 2: loud
+    w = jnp.asarray(rng.normal(size=full.shape))
+    g_rag = jax.jit(jax.grad(lambda p: jnp.sum(w * S.encode_ragged(m, p, jnp.asarray(seq), short_width=4,
+                                                                   long_rows=4, fits=True))))(p)
+    g_full = jax.jit(jax.grad(lambda p: jnp.sum(w * S.encode(m, p, jnp.asarray(seq)))))(p)
+    for a, b in zip(jax.tree.leaves(g_rag), jax.tree.leaves(g_full)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_last_block_benchmark_runs_and_refuses_bad_sizes():
     import benchmarks.sasrec_last_block as BL
 

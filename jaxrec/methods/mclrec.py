@@ -48,7 +48,7 @@ from jaxrec.configs.mclrec import (ABLATIONS, AUTHORS, LAMBDA_GRID, PRESETS, STO
                                     config_problem, preset)
 from jaxrec.data import leave_one_out, load_sequences, pad_sequences, prefix_instances, synthetic
 from jaxrec.losses import softmax_cross_entropy
-from jaxrec.method import Method
+from jaxrec.method import Method, Static
 from jaxrec.metrics import rank_of_target, ranks_to_metrics
 from jaxrec.models.sasrec import SASRec, SASRecConfig, encode_ragged, item_embeddings, trim_batch
 
@@ -184,12 +184,41 @@ def build(config: MCLRecConfig, n_items: int, param_dtype=jnp.float32) -> Model:
     return Model(config, enc, aug, optax.adam(config.lr))
 
 
-def encode_train(model: Model, theta, x, key):
-    """``f_theta(x)`` with dropout on, through :func:`encode_ragged` when ``config.ragged_width > 0``."""
+def long_rows(config: MCLRecConfig, n_rows: int) -> int:
+    """How many of ``n_rows`` encoded rows the ragged encoding runs at full width."""
+    return max(1, int(round(config.ragged_long_frac * n_rows)))
+
+
+def ragged_flag(config: MCLRecConfig, seq: np.ndarray) -> Static | None:
+    """``Static(ok)`` for an epoch's training sequences ``seq`` ``[n, B, L]`` (host side), ``None`` when the
+    ragged encoding is off. ``ok``: in every batch, each encode call (``[S; v1; v2]`` in stage 1, ``[v1;
+    v2]`` in stage 2, ``S`` alone without views) has at most ``long_rows`` rows longer than
+    ``ragged_width``. Views never extend a row (crop shortens it, mask and reorder keep its first item or
+    pad it), so ``m`` stacked copies of a batch with ``k`` long rows have at most ``m k``. The check is
+    sufficient, not necessary: where it says no but a call's views would fit, that call runs at full width
+    (the same law as the cond's split, other dropout draws); on Beauty at the preset's 16 / 0.25 every
+    batch fits."""
+    c = config
+    if c.ragged_width <= 0:
+        return None
+    seq = np.asarray(seq)
+    ext = np.where((seq != 0).any(-1), seq.shape[-1] - np.argmax(seq != 0, axis=-1), 0)
+    k = (ext > c.ragged_width).sum(-1)  # [n] long rows per batch
+    b = seq.shape[1]
+    ok = all(bool(np.all(m * k <= long_rows(c, m * b))) for m in (1, 2, 3))
+    return Static(ok)
+
+
+def encode_train(model: Model, theta, x, key, fits=None):
+    """``f_theta(x)`` with dropout on, through :func:`encode_ragged` when ``config.ragged_width > 0``.
+
+    ``fits`` (a :class:`jaxrec.method.Static` from :func:`ragged_flag`, or ``None``) picks the ragged path
+    at trace time; ``None`` leaves it to a ``lax.cond`` on the device (slow under ``jax.grad``)."""
     c = model.config
     if c.ragged_width > 0:
         return encode_ragged(model.encoder, theta, x, key, train=True, short_width=c.ragged_width,
-                             long_rows=max(1, int(round(c.ragged_long_frac * x.shape[0]))))
+                             long_rows=long_rows(c, x.shape[0]),
+                             fits=None if fits is None else bool(fits.value))
     return model.encoder.apply({"params": theta}, x, deterministic=False, rngs={"dropout": key})
 
 
@@ -228,7 +257,7 @@ def losses_stage1(model: Model, theta, phi, batch, views, key):
     seq, target = batch["seq"], batch["target"]
     b = seq.shape[0]
     x = jnp.concatenate([seq, views[0], views[1]], axis=0) if c.uses_views else seq
-    hs = encode_train(model, theta, x, key)
+    hs = encode_train(model, theta, x, key, batch.get("ragged"))
     logits = hs[:b] @ item_embeddings(theta)[1:].T
     l_rec = softmax_cross_entropy(logits, target - 1)
     zero = jnp.zeros_like(l_rec)
@@ -280,7 +309,8 @@ def make_parts(model: Model) -> bl.AlternatingStep:
 
     def phi_loss(theta, phi, batch):
         v1, v2 = batch["views"]
-        hs = jax.lax.stop_gradient(encode_train(model, theta, jnp.concatenate([v1, v2], axis=0), batch["key"]))
+        hs = jax.lax.stop_gradient(encode_train(model, theta, jnp.concatenate([v1, v2], axis=0), batch["key"],
+                                                batch.get("ragged")))
         b = v1.shape[0]
         return meta_objective(model, *meta_terms(model, phi, hs[:b], hs[b:]))
 
@@ -305,7 +335,8 @@ def make_step(model: Model, jit: bool = True):
         k_aug, k1, k2, k3 = jax.random.split(key, 4)
         views = augment.two_views(k_aug, batch["seq"], c.crop_ratio, c.mask_ratio, c.reorder_ratio) \
             if c.uses_views else None
-        inner_batch = {"seq": batch["seq"], "target": batch["target"], "views": views, "key": k1}
+        inner_batch = {"seq": batch["seq"], "target": batch["target"], "views": views, "key": k1,
+                       "ragged": batch.get("ragged")}
         if c.joint:
             (_, aux), (gt, gp) = vg_joint(state.theta, state.lam, inner_batch)
             ut, inner_opt = model.opt.update(gt, state.inner_opt, state.theta)
@@ -315,7 +346,7 @@ def make_step(model: Model, jit: bool = True):
                                    step=state.step + 1)
             phi_loss = jnp.zeros_like(aux["loss"])
         elif c.uses_augmenters:
-            state, out = parts.update(state, inner_batch, {"views": views, "key": k2})
+            state, out = parts.update(state, inner_batch, {"views": views, "key": k2, "ragged": batch.get("ragged")})
             aux, phi_loss = {k: out[k] for k in ("loss", "l_rec", "l_cl1", "l_cl2", "reg")}, out["outer"]
             if c.repeat_stage1:
                 state, _, aux = parts.inner(state, dict(inner_batch, key=k3))
@@ -395,12 +426,14 @@ def load(config: MCLRecConfig, dataset: str, data_dir, seed: int) -> dict:
     return prepare_data(seqs, max_len=config.max_len)
 
 
-def epoch_batches(data: dict, seed: int, epoch: int, batch_size: int, max_batches: int = 0) -> dict:
+def epoch_batches(data: dict, seed: int, epoch: int, batch_size: int, max_batches: int = 0,
+                  config: MCLRecConfig | None = None) -> dict:
     """One epoch's batches ``{"seq": [n, B, L], "target": [n, B], "key": [n, 2]}``: the training instances
     in the order of ``numpy.random.default_rng((seed, epoch)).permutation``, the last short batch
     dropped (and at most ``max_batches`` batches when > 0). ``key[i] = fold_in(fold_in(PRNGKey(seed),
     epoch), i)`` is batch ``i``'s step key, the stream every stored MCLRec result was trained with
-    (resume-safe: a function of ``(seed, epoch)`` only)."""
+    (resume-safe: a function of ``(seed, epoch)`` only). With a ``config`` whose ragged encoding is on,
+    ``"ragged"`` is :func:`ragged_flag` of the epoch (the step then compiles without a ``lax.cond``)."""
     n = len(data["train_target"])
     bs = min(batch_size, n)
     perm = np.random.default_rng((seed, epoch)).permutation(n)
@@ -408,8 +441,12 @@ def epoch_batches(data: dict, seed: int, epoch: int, batch_size: int, max_batche
     idx = perm[:n_b * bs].reshape(n_b, bs)
     ekey = jax.random.fold_in(jax.random.PRNGKey(seed), epoch)
     keys = jax.vmap(lambda i: jax.random.fold_in(ekey, i))(jnp.arange(n_b))
-    return {"seq": jnp.asarray(data["train_seq"][idx]), "target": jnp.asarray(data["train_target"][idx]),
-            "key": keys}
+    seq = data["train_seq"][idx]
+    out = {"seq": jnp.asarray(seq), "target": jnp.asarray(data["train_target"][idx]), "key": keys}
+    flag = ragged_flag(config, seq) if config is not None else None
+    if flag is not None:
+        out["ragged"] = flag
+    return out
 
 
 def method(config: MCLRecConfig, data: dict) -> Method:
@@ -428,6 +465,7 @@ def method(config: MCLRecConfig, data: dict) -> Method:
         return evaluate(model, state.theta, data[seq], data[target], KS, ranks_fn)
 
     return Method(init=lambda key: init_state(model, jax.random.fold_in(key, 10**6)),
-                  batches=lambda seed, epoch: epoch_batches(data, seed, epoch, config.batch_size, config.max_batches),
+                  batches=lambda seed, epoch: epoch_batches(data, seed, epoch, config.batch_size, config.max_batches,
+                                                            config),
                   step=lambda state, batch, key: step(state, batch, batch["key"]),
                   evaluate=evaluate_part)

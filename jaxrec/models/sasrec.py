@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["SASRecConfig", "SASRec", "Dropout", "keep_mask", "encode", "score_all", "item_embeddings",
-           "trim_batch", "trim_width", "extents", "encode_ragged"]
+           "trim_batch", "trim_width", "extents", "ragged_fits", "encode_ragged"]
 
 _init = nn.initializers.normal(stddev=0.02)
 
@@ -230,15 +230,29 @@ def extents(seq: jnp.ndarray) -> jnp.ndarray:
     return jnp.where(nz.any(axis=-1), seq.shape[-1] - first, 0)
 
 
+def ragged_fits(extent, short_width: int, long_rows: int):
+    """Whether the ragged split is exact: at most ``long_rows`` rows have an extent above ``short_width``.
+
+    ``extent`` is :func:`extents` of the rows (jax or numpy; the result has the same kind)."""
+    return (extent > short_width).sum() <= long_rows
+
+
 def encode_ragged(model: SASRec, params, seq, key=None, train: bool = False, short_width: int = 16,
-                  long_rows: int | None = None):
+                  long_rows: int | None = None, fits: bool | None = None):
     """``encode`` computed in two width groups: same result, about half the work on short sequences.
 
     Rows are sorted by extent; the ``long_rows`` longest run at full width ``L`` and the rest at width
-    ``short_width`` (their leading padding columns dropped, exact by the position convention). When more
-    than ``long_rows`` rows are longer than ``short_width`` the whole batch takes the full-width path
-    (``lax.cond``), so the output never depends on the split, only the cost does. In training mode the
-    dropout masks are drawn per group (same distribution, different draws than :func:`encode`).
+    ``short_width`` (their leading padding columns dropped, exact by the position convention). In training
+    mode the dropout masks are drawn per group (same distribution, different draws than :func:`encode`).
+
+    ``fits`` says which path runs, so the output never depends on the split, only the cost does:
+
+    - ``None``: decided on the device with ``lax.cond`` (the whole batch takes the full-width path when
+      more than ``long_rows`` rows are longer than ``short_width``). Under ``jax.grad`` the cond's
+      forward keeps the residuals of both branches, so a backward pass through it is slow;
+    - ``True``: the caller checked :func:`ragged_fits` on the host; only the split runs (no cond). Should
+      the check be wrong, every output row is NaN (a loud failure, never a silently truncated row);
+    - ``False``: the full-width path only (on the sorted rows, so with the cond's draws).
     """
     r, length = seq.shape
     long_rows = r // 4 if long_rows is None else int(long_rows)
@@ -247,7 +261,7 @@ def encode_ragged(model: SASRec, params, seq, key=None, train: bool = False, sho
     ext = extents(seq)
     order = jnp.argsort(-ext, stable=True)
     xs = seq[order]
-    fits = ext[order][long_rows] <= short_width
+    ok = ragged_fits(ext, short_width, long_rows)
     ka, kb = jax.random.split(key) if train else (None, None)
 
     def split(xs):
@@ -258,7 +272,12 @@ def encode_ragged(model: SASRec, params, seq, key=None, train: bool = False, sho
     def full(xs):
         return encode(model, params, xs, key, train)
 
-    h = jax.lax.cond(fits, split, full, xs)
+    if fits is None:
+        h = jax.lax.cond(ok, split, full, xs)
+    elif fits:
+        h = jnp.where(ok, split(xs), jnp.nan)
+    else:  # on the sorted rows, like the cond's full branch (the same dropout draws)
+        h = full(xs)
     return h[jnp.argsort(order)]
 
 
