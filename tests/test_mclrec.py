@@ -371,7 +371,7 @@ def test_epoch_batches_are_a_function_of_seed_and_epoch():
 def test_ragged_flag_hand_case():
     """``long_rows(m B) = round(0.25 m B)``; a batch of 8 rows with k rows longer than 2 fits every encode
     call (m = 1, 2, 3 stacked copies) iff m k <= 2 m, i.e. k <= 2; off when ``ragged_width = 0``."""
-    cfg = M.preset("mclrec", **{**TINY, "ragged_width": 2})
+    cfg = M.preset("mclrec", **{**TINY, "ragged_width": 2, "ragged_long_frac": 0.25})
     seq = np.zeros((1, 8, 8), np.int32)
     seq[0, :, -2:] = 5                               # every row has 2 items
     seq[0, :2, -3] = 6                               # 2 rows of 3 items
@@ -382,25 +382,42 @@ def test_ragged_flag_hand_case():
     assert [M.long_rows(cfg, n) for n in (8, 16, 24, 2)] == [2, 4, 6, 1]
 
 
+def _conds(jaxpr) -> int:
+    """How many ``cond`` equations a jaxpr holds, nested ones included."""
+    n = 0
+    for eq in jaxpr.eqns:
+        n += eq.primitive.name == "cond"
+        for p in eq.params.values():
+            for sub in (p if isinstance(p, (tuple, list)) else (p,)):
+                if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                    n += _conds(sub.jaxpr)
+                elif isinstance(sub, jax.extend.core.Jaxpr):
+                    n += _conds(sub)
+    return n
+
+
 def test_host_checked_ragged_step_equals_the_cond_step():
-    """The step with the epoch's ``ragged`` flag (no ``lax.cond``) gives the state the device-side cond
-    gives, on a batch that fits and on one whose views do not fit either (rows of 8 items: crops of 4 and
-    masked views of at least 4 items are longer than 3); the method's batches carry the flag."""
+    """With the epoch's ``ragged`` flag stage 1's losses equal those the device-side cond gives, and the
+    preset's three-pass step traces without the encoder's conds (one cond left: the loop's skip of stage 2
+    on its second trip). A batch of the longest rows (8 items: crops of 4 and masked views of at least 4
+    items are longer than 3) is flagged as not fitting; the method's batches carry the flag."""
     data = _data()
-    model, state, batch = _setup(ragged_width=3, ragged_long_frac=0.75)
-    step = M.make_step(model)
     seqs = np.asarray(data["train_seq"])
     ext = (seqs != 0).sum(-1)
-    for pick in (np.argsort(ext)[:64], np.argsort(-ext)[:64]):   # shortest rows (fit), longest (do not)
-        b = {"seq": jnp.asarray(seqs[pick]), "target": jnp.asarray(data["train_target"][pick])}
-        flag = M.ragged_flag(model.config, seqs[pick][None])
-        ref, _ = step(state, b, jax.random.PRNGKey(3))
-        out, aux = step(state, dict(b, ragged=flag), jax.random.PRNGKey(3))
-        assert np.isfinite(float(aux["loss"]))
-        for x, y in zip(jax.tree.leaves((ref.theta, ref.lam)), jax.tree.leaves((out.theta, out.lam))):
-            np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-6)
-    assert M.ragged_flag(model.config, seqs[np.argsort(ext)[:64]][None]).value
-    assert not M.ragged_flag(model.config, seqs[np.argsort(-ext)[:64]][None]).value
+    pick = np.argsort(ext, kind="stable")[:64]  # the shortest rows: they fit
+    b = {"seq": jnp.asarray(seqs[pick]), "target": jnp.asarray(data["train_target"][pick])}
+    model, state, _ = _setup(ragged_width=3, ragged_long_frac=0.75)
+    flag = M.ragged_flag(model.config, seqs[pick][None])
+    assert flag.value and not M.ragged_flag(model.config, seqs[np.argsort(-ext)[:64]][None]).value
+    views = A.two_views(jax.random.PRNGKey(1), b["seq"])
+    l0 = jax.jit(lambda bb: M.losses_stage1(model, state.theta, state.lam, bb, views, jax.random.PRNGKey(2))[1])
+    ref, out = l0(b), l0(dict(b, ragged=flag))  # stage 1's terms (the gradients: test_sasrec's ragged tests)
+    assert np.isfinite(float(out["loss"])) and float(out["l_cl2"]) > 0
+    for k in ref:
+        np.testing.assert_allclose(out[k], ref[k], rtol=2e-5, atol=1e-6)
+    trace = functools.partial(jax.make_jaxpr(M.make_step(model, jit=False)), state)
+    assert _conds(trace(dict(b, ragged=flag), jax.random.PRNGKey(3)).jaxpr) == 1
+    assert _conds(trace(b, jax.random.PRNGKey(3)).jaxpr) == 1 + 3  # + stage 1 twice, stage 2 once
     b = M.epoch_batches(data, 0, 1, 64, config=model.config)
     assert isinstance(b["ragged"], protocol.Static) and "ragged" not in M.epoch_batches(data, 0, 1, 64)
 

@@ -323,7 +323,8 @@ def make_step(model: Model, jit: bool = True):
 
     ``batch = {"seq": int[B, L] (left-padded), "target": int[B] (1..n_items)}``; ``key`` splits into the
     views' key and one dropout key per pass. Two-stage mode: ``parts.update`` (stage 1 then stage 2 at
-    the new theta), then optionally ``parts.inner`` again (same views, fresh dropout). Joint mode: one
+    the new theta), then optionally ``parts.inner`` again (same views, fresh dropout; the three passes run
+    as a two-trip ``fori_loop`` so that stage 1 is compiled once). Joint mode: one
     Adam step of ``(theta, phi)`` on ``L0``. ``aux``: ``loss, l_rec, l_cl1, l_cl2, reg, phi_loss``.
     """
     c = model.config
@@ -331,12 +332,31 @@ def make_step(model: Model, jit: bool = True):
     vg_joint = jax.value_and_grad(lambda th, ph, b: losses_stage1(model, th, ph, b, b["views"], b["key"]),
                                   argnums=(0, 1), has_aux=True)
 
+    def stage1_stage2_stage1(state, inner_batch, outer_batch, keys):
+        """Stage 1 (key ``keys[0]``), stage 2, stage 1 again (``keys[1]``) as a two-trip loop whose second
+        trip skips stage 2: the same updates as three straight-line calls, with stage 1 compiled once."""
+        keys = jnp.stack(keys)
+
+        def trip(i, carry):
+            state, _, phi_loss = carry
+            state, _, aux = parts.inner(state, dict(inner_batch, key=keys[i]))
+            state, phi_loss = jax.lax.cond(i == 0, lambda st: parts.outer(st, inner_batch, outer_batch),
+                                           lambda st: (st, phi_loss), state)
+            return state, aux, phi_loss
+
+        zeros = functools.partial(jax.tree.map, lambda x: jnp.zeros(x.shape, x.dtype))
+        aux0 = zeros(jax.eval_shape(lambda st: parts.inner(st, dict(inner_batch, key=keys[0]))[2], state))
+        phi0 = zeros(jax.eval_shape(lambda st: parts.outer(st, inner_batch, outer_batch)[1], state))
+        state, aux, phi_loss = jax.lax.fori_loop(0, 2, trip, (state, aux0, phi0))
+        return state._replace(step=state.step + 1), aux, phi_loss
+
     def step(state: bl.BilevelState, batch, key):
         k_aug, k1, k2, k3 = jax.random.split(key, 4)
         views = augment.two_views(k_aug, batch["seq"], c.crop_ratio, c.mask_ratio, c.reorder_ratio) \
             if c.uses_views else None
         inner_batch = {"seq": batch["seq"], "target": batch["target"], "views": views, "key": k1,
                        "ragged": batch.get("ragged")}
+        outer_batch = {"views": views, "key": k2, "ragged": batch.get("ragged")}
         if c.joint:
             (_, aux), (gt, gp) = vg_joint(state.theta, state.lam, inner_batch)
             ut, inner_opt = model.opt.update(gt, state.inner_opt, state.theta)
@@ -345,11 +365,11 @@ def make_step(model: Model, jit: bool = True):
                                    lam=optax.apply_updates(state.lam, up), outer_opt=outer_opt,
                                    step=state.step + 1)
             phi_loss = jnp.zeros_like(aux["loss"])
+        elif c.uses_augmenters and c.repeat_stage1:
+            state, aux, phi_loss = stage1_stage2_stage1(state, inner_batch, outer_batch, (k1, k3))
         elif c.uses_augmenters:
-            state, out = parts.update(state, inner_batch, {"views": views, "key": k2, "ragged": batch.get("ragged")})
+            state, out = parts.update(state, inner_batch, outer_batch)
             aux, phi_loss = {k: out[k] for k in ("loss", "l_rec", "l_cl1", "l_cl2", "reg")}, out["outer"]
-            if c.repeat_stage1:
-                state, _, aux = parts.inner(state, dict(inner_batch, key=k3))
         else:  # CL4SRec / SASRec: stage 1 alone (no augmenters to update)
             state, _, aux = parts.inner(state, inner_batch)
             state, phi_loss = state._replace(step=state.step + 1), jnp.zeros_like(aux["loss"])
