@@ -239,14 +239,16 @@ def main(argv=None):
     t = time.perf_counter()
     perm = np.random.default_rng((seed, epoch)).permutation(len(data["train_target"]))
     ekey = jax.random.fold_in(jax.random.PRNGKey(seed), epoch)
+    n_b = len(perm) // bs  # the epoch's ragged check (ragged_flag, host side, once per epoch as in training)
+    flag = M.ragged_flag(cfg, data["train_seq"][perm[:n_b * bs].reshape(n_b, bs)])
     ours_shuffle_s = time.perf_counter() - t
 
-    def batch_of(i):  # batch i of epoch_batches(data, seed, epoch, bs), one at a time
+    def batch_of(i):  # batch i of epoch_batches(data, seed, epoch, bs, config=cfg), one at a time
         idx = perm[i * bs:(i + 1) * bs]
-        return ({"seq": jnp.asarray(data["train_seq"][idx]), "target": jnp.asarray(data["train_target"][idx])},
-                jax.random.fold_in(ekey, i))
+        b = {"seq": jnp.asarray(data["train_seq"][idx]), "target": jnp.asarray(data["train_target"][idx])}
+        return (b if flag is None else dict(b, ragged=flag)), jax.random.fold_in(ekey, i)
 
-    ref = M.epoch_batches(data, seed, epoch, bs, max_batches=2)
+    ref = M.epoch_batches(data, seed, epoch, bs, max_batches=2, config=cfg)
     b1, k1 = batch_of(1)
     assert np.array_equal(np.asarray(ref["seq"][1]), np.asarray(b1["seq"])) and \
         np.array_equal(np.asarray(ref["key"][1]), np.asarray(k1)), "per-batch preparation != epoch_batches"
