@@ -40,6 +40,8 @@ PAPER_BEAUTY = {"SASRec (paper)": {"HR@20": 0.0894, "NDCG@20": 0.0386},
                 "MCLRec (paper)": {"HR@5": 0.0581, "HR@10": 0.0871, "HR@20": 0.1243, "NDCG@5": 0.0352,
                                    "NDCG@10": 0.0446, "NDCG@20": 0.0539}}
 SPEED_ROWS = [("mclrec+repeat", "MCLRec + repeated stage 1 (as the authors' code)", "3 fwd/bwd + 1 fwd"),
+              ("mclrec+repeat/cond", "the same, ragged path chosen by lax.cond (before)", "3 fwd/bwd + 1 fwd"),
+              ("mclrec+repeat/dense", "the same at equal width (no ragged encoding)", "3 fwd/bwd + 1 fwd"),
               ("mclrec", "MCLRec (stage 1 + stage 2)", "2 fwd/bwd + 1 fwd"),
               ("mclrec_j", "MCLRec-J", "1 fwd/bwd"), ("cl4srec", "CL4SRec", "1 fwd/bwd"),
               ("sasrec", "SASRec", "1 fwd/bwd (no views)")]
@@ -118,11 +120,14 @@ def table_speed(runner) -> str:
     measured in that one run only; no ratio to a figure quoted from elsewhere)."""
     rec = json.loads((Path(runner.args.out) / "mclrec" / "bench_cpu" / "step_times.json").read_text())
     steps = {r["variant"]: r for r in rec["extra"]["steps"]}
-    lines = ["| variant | passes / batch | median wall s / batch | median CPU s / batch |", "|---|---|---|---|"]
+    lines = ["| variant | passes / batch | median wall s / batch | median CPU s / batch | compile s | "
+             "fraction of the matmul rate |", "|---|---|---|---|---|---|"]
     for key, name, passes in SPEED_ROWS:
         if key in steps:
             r = steps[key]
-            lines.append(f"| {name} | {passes} | {r['median_step_s']:.2f} | {r['median_cpu_s']:.2f} |")
+            frac = "-" if key.endswith("/cond") or "fraction" not in r else f"{r['fraction']:.0%}"
+            lines.append(f"| {name} | {passes} | {r['median_step_s']:.2f} | {r['median_cpu_s']:.2f} | "
+                         f"{r.get('compile_s', float('nan')):.1f} | {frac} |")
     text = "\n".join(lines) + "\n"
     print(text)
     return text
