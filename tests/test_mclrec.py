@@ -379,6 +379,7 @@ def test_ragged_flag_hand_case():
     seq[0, 2, -3] = 6                                # a third long row
     assert not M.ragged_flag(cfg, seq).value
     assert M.ragged_flag(M.preset("mclrec", **{**TINY, "ragged_width": 0}), seq) is None
+    assert M.ragged_flag(M.preset("mclrec", **{**TINY, "ragged_width": 8}), seq) is None  # not narrower than L
     assert [M.long_rows(cfg, n) for n in (8, 16, 24, 2)] == [2, 4, 6, 1]
 
 

@@ -191,17 +191,17 @@ def long_rows(config: MCLRecConfig, n_rows: int) -> int:
 
 def ragged_flag(config: MCLRecConfig, seq: np.ndarray) -> Static | None:
     """``Static(ok)`` for an epoch's training sequences ``seq`` ``[n, B, L]`` (host side), ``None`` when the
-    ragged encoding is off. ``ok``: in every batch, each encode call (``[S; v1; v2]`` in stage 1, ``[v1;
-    v2]`` in stage 2, ``S`` alone without views) has at most ``long_rows`` rows longer than
-    ``ragged_width``. Views never extend a row (crop shortens it, mask and reorder keep its first item or
+    ragged encoding is off (or ``ragged_width >= L``). ``ok``: in every batch, each encode call (``[S; v1;
+    v2]`` in stage 1, ``[v1; v2]`` in stage 2, ``S`` alone without views) has at most ``long_rows`` rows
+    longer than ``ragged_width``. Views never extend a row (crop shortens it, mask and reorder keep its first item or
     pad it), so ``m`` stacked copies of a batch with ``k`` long rows have at most ``m k``. The check is
     sufficient, not necessary: where it says no but a call's views would fit, that call runs at full width
     (the same law as the cond's split, other dropout draws); on Beauty at the preset's 16 / 0.25 every
     batch fits."""
     c = config
-    if c.ragged_width <= 0:
-        return None
     seq = np.asarray(seq)
+    if c.ragged_width <= 0 or c.ragged_width >= seq.shape[-1]:  # off, or no narrower width to run at
+        return None
     ext = np.where((seq != 0).any(-1), seq.shape[-1] - np.argmax(seq != 0, axis=-1), 0)
     k = (ext > c.ragged_width).sum(-1)  # [n] long rows per batch
     b = seq.shape[1]
