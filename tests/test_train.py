@@ -10,6 +10,7 @@ import optax
 import pytest
 
 from jaxrec import cli, losses, results
+from jaxrec import method as protocol
 from jaxrec.train import Checkpointer, EarlyStopping, TrainState, fit
 
 
@@ -312,3 +313,21 @@ def test_run_once_holds_the_marker_only_while_training(tmp_path):
         run_once(lambda: None, fail, marker)
     assert not marker.exists()
     assert run_once(lambda: None, train) == "trained" and seen == [True, False]  # no marker: none written
+
+
+def test_static_in_batches_picks_the_step_variant_per_epoch():
+    """``jaxrec.method.Static`` rides through the jitted scan as a Python value: the step branches on it, and
+    an epoch whose value differs compiles its own variant (here: the even epochs add 1, the odd ones 10)."""
+    traced = []
+
+    def step(state, batch, key):
+        traced.append(batch["odd"].value)  # a Python bool at trace time, not a tracer
+        inc = 10.0 if batch["odd"].value else 1.0
+        return state + inc * batch["x"].sum(), {"loss": state}
+
+    m = protocol.Method(init=lambda key: jnp.zeros(()),
+                        batches=lambda seed, epoch: {"x": jnp.ones((2, 1)), "odd": protocol.Static(epoch % 2 == 1)},
+                        step=step, evaluate=lambda state, part: {"score": float(state)})
+    res = protocol.train(m, seed=0, epochs=3, metric="score", log=None)
+    assert float(res.state) == 2 * 1 + 2 * 10 + 2 * 1  # epochs 0, 1, 2
+    assert sorted(set(traced)) == [False, True]
