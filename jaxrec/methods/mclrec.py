@@ -50,7 +50,7 @@ from jaxrec.data import leave_one_out, load_sequences, pad_sequences, prefix_ins
 from jaxrec.losses import softmax_cross_entropy
 from jaxrec.method import Method, Static
 from jaxrec.metrics import rank_of_target, ranks_to_metrics
-from jaxrec.models.sasrec import SASRec, SASRecConfig, encode_ragged, item_embeddings, trim_batch
+from jaxrec.models.sasrec import SASRec, SASRecConfig, encode_ragged, extents, item_embeddings, trim_batch
 
 __all__ = [
     "MCLRecConfig", "PRESETS", "ABLATIONS", "AUTHORS", "STORED_1EPOCH", "LAMBDA_GRID", "preset", "DATA_FIELDS", "SYNTHETIC", "load", "method",
@@ -193,8 +193,8 @@ def ragged_flag(config: MCLRecConfig, seq: np.ndarray) -> Static | None:
     """``Static(ok)`` for an epoch's training sequences ``seq`` ``[n, B, L]`` (host side), ``None`` when the
     ragged encoding is off (or ``ragged_width >= L``). ``ok``: in every batch, each encode call (``[S; v1;
     v2]`` in stage 1, ``[v1; v2]`` in stage 2, ``S`` alone without views) has at most ``long_rows`` rows
-    longer than ``ragged_width``. Views never extend a row (crop shortens it, mask and reorder keep its first item or
-    pad it), so ``m`` stacked copies of a batch with ``k`` long rows have at most ``m k``. The check is
+    longer than ``ragged_width``. Views never extend a row (crop shortens it, mask and reorder keep its
+    first item or pad it), so ``m`` stacked copies of a batch with ``k`` long rows have at most ``m k``. The check is
     sufficient, not necessary: where it says no but a call's views would fit, that call runs at full width
     (the same law as the cond's split, other dropout draws); on Beauty at the preset's 16 / 0.25 every
     batch fits."""
@@ -202,8 +202,7 @@ def ragged_flag(config: MCLRecConfig, seq: np.ndarray) -> Static | None:
     seq = np.asarray(seq)
     if c.ragged_width <= 0 or c.ragged_width >= seq.shape[-1]:  # off, or no narrower width to run at
         return None
-    ext = np.where((seq != 0).any(-1), seq.shape[-1] - np.argmax(seq != 0, axis=-1), 0)
-    k = (ext > c.ragged_width).sum(-1)  # [n] long rows per batch
+    k = (np.asarray(extents(seq)) > c.ragged_width).sum(-1)  # [n] long rows per batch
     b = seq.shape[1]
     ok = all(bool(np.all(m * k <= long_rows(c, m * b))) for m in (1, 2, 3))
     return Static(ok)
@@ -324,7 +323,7 @@ def make_step(model: Model, jit: bool = True):
     ``batch = {"seq": int[B, L] (left-padded), "target": int[B] (1..n_items)}``; ``key`` splits into the
     views' key and one dropout key per pass. Two-stage mode: ``parts.update`` (stage 1 then stage 2 at
     the new theta), then optionally ``parts.inner`` again (same views, fresh dropout; the three passes run
-    as a two-trip ``fori_loop`` so that stage 1 is compiled once). Joint mode: one
+    as a two-trip loop so that stage 1 is compiled once). Joint mode: one
     Adam step of ``(theta, phi)`` on ``L0``. ``aux``: ``loss, l_rec, l_cl1, l_cl2, reg, phi_loss``.
     """
     c = model.config
@@ -333,22 +332,19 @@ def make_step(model: Model, jit: bool = True):
                                   argnums=(0, 1), has_aux=True)
 
     def stage1_stage2_stage1(state, inner_batch, outer_batch, keys):
-        """Stage 1 (key ``keys[0]``), stage 2, stage 1 again (``keys[1]``) as a two-trip loop whose second
-        trip skips stage 2: the same updates as three straight-line calls, with stage 1 compiled once."""
-        keys = jnp.stack(keys)
+        """Stage 1 (key ``keys[0]``), stage 2, stage 1 again (``keys[1]``) as a two-trip ``lax.scan`` whose
+        second trip skips stage 2: the same updates as three straight-line calls, with stage 1 compiled
+        once. ``aux`` is the second stage 1's, ``phi_loss`` stage 2's."""
 
-        def trip(i, carry):
-            state, _, phi_loss = carry
-            state, _, aux = parts.inner(state, dict(inner_batch, key=keys[i]))
+        def trip(state, xs):
+            i, key = xs
+            state, _, aux = parts.inner(state, dict(inner_batch, key=key))
             state, phi_loss = jax.lax.cond(i == 0, lambda st: parts.outer(st, inner_batch, outer_batch),
-                                           lambda st: (st, phi_loss), state)
-            return state, aux, phi_loss
+                                           lambda st: (st, jnp.zeros_like(aux["loss"])), state)
+            return state, (aux, phi_loss)
 
-        zeros = functools.partial(jax.tree.map, lambda x: jnp.zeros(x.shape, x.dtype))
-        aux0 = zeros(jax.eval_shape(lambda st: parts.inner(st, dict(inner_batch, key=keys[0]))[2], state))
-        phi0 = zeros(jax.eval_shape(lambda st: parts.outer(st, inner_batch, outer_batch)[1], state))
-        state, aux, phi_loss = jax.lax.fori_loop(0, 2, trip, (state, aux0, phi0))
-        return state._replace(step=state.step + 1), aux, phi_loss
+        state, (aux, phi_loss) = jax.lax.scan(trip, state, (jnp.arange(2), jnp.stack(keys)))
+        return state._replace(step=state.step + 1), jax.tree.map(lambda a: a[1], aux), phi_loss[0]
 
     def step(state: bl.BilevelState, batch, key):
         k_aug, k1, k2, k3 = jax.random.split(key, 4)
