@@ -13,6 +13,11 @@ epochs, Adam lr 1e-3, batch 256. ``--model`` / ``--ablation`` pick the configura
 several ``--lam`` values are CL4SRec's lambda grid (``--table models`` tunes lam in the paper's
 {0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5}). The ``mclrec`` / ``mclrec_j`` presets are the reproduction path: the
 authors' code per batch (stage 1, stage 2, stage 1 again; normalised augmenter outputs; R per row).
+``--table curves`` is issue 32's equal-epoch comparison (SASRec, CL4SRec with lam from the grid, MCLRec; every
+run for exactly ``--epochs`` epochs, validation NDCG@10 per epoch in one plot):
+
+    python -m experiments.mclrec --dataset Amazon_Beauty --data-dir ../shared/data --table curves --epochs 10 --resume --out results
+
 ``--table reduced`` is RESULTS.md's 1-epoch Beauty table, ``--table speed`` its CPU step-time table (read
 from the stored ``benchmarks/mclrec_step.py`` file under ``--out``).
 """
@@ -98,6 +103,52 @@ def table_ablations(runner) -> str:
                         title="MCLRec ablations")
 
 
+CURVES = ("sasrec", "cl4srec", "mclrec")
+
+
+def table_curves(runner) -> str:
+    """SASRec, CL4SRec and MCLRec for exactly ``--epochs`` epochs each (no early stopping: patience = epochs),
+    CL4SRec's lam chosen on validation NDCG@10 in :data:`LAMBDA_GRID` (or ``--lam``) after those same epochs.
+    Test metrics at each run's best validation epoch; ``curves.png`` plots validation NDCG@10 per epoch of
+    every run (the chosen CL4SRec bold, the other lam values faint)."""
+    import matplotlib.pyplot as plt  # the runner has selected the Agg back end
+
+    epochs = runner.base.epochs
+    lam_grid = [{"lam": v} for v in (runner.args.lam or LAMBDA_GRID)]
+    rows, grid, runs = {}, [], {}
+    for m in runner.order(CURVES):
+        base, label = configure(runner, m, keep_flags=False, patience=epochs)
+        points = lam_grid if m == "cl4srec" else [{}]
+        best, g = runner.tune(base, points, label=label)
+        rows[NAMES[m]], grid = runner.seeds(best, label), grid + g
+        runs[m] = [(p, runner.run(dataclasses.replace(base, **p), runner.seed_list[0], label), best == dataclasses.replace(base, **p))
+                   for p in points]
+    rows = {NAMES[m]: rows[NAMES[m]] for m in CURVES}
+    notes = ["best epoch (1-based) per seed: " + "; ".join(
+        f"{n} " + ", ".join(str(r["extra"]["best_epoch"] + 1) for r in recs) for n, recs in rows.items())]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for m in CURVES:
+        for p, rec, chosen in runs[m]:
+            hist = [h for h in rec["extra"]["history"] if "val" in h]
+            name = NAMES[m] + (f" lam={p['lam']:g}" if p else "")
+            ax.plot([h["epoch"] + 1 for h in hist], [h["val"]["ndcg@10"] for h in hist], "o-" if chosen else "-",
+                    lw=2 if chosen else 0.8, alpha=1 if chosen else 0.35, label=name + (" (chosen)" if p and chosen else ""),
+                    color={"sasrec": "C0", "cl4srec": "C1", "mclrec": "C2"}[m])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation NDCG@10")
+    ax.set_title(f"{runner.dataset}, seed {runner.seed_list[0]}: {epochs} epochs each")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    if runner.save:
+        runner.folder.mkdir(parents=True, exist_ok=True)
+        fig.savefig(runner.folder / f"curves_{epochs}ep.png", dpi=110)
+        runner.log(f"wrote {runner.folder / f'curves_{epochs}ep.png'}")
+    plt.close(fig)
+    return runner.table(f"curves_{epochs}ep", rows, COLUMNS, improvement=("MCLRec", "CL4SRec"), grid=grid,
+                        title=f"SASRec / CL4SRec / MCLRec, {epochs} epochs each", notes=notes)
+
+
 def _renamed(recs: list) -> list:
     names = {f"{m}@{k}": f"{'HR' if m == 'hit' else 'NDCG'}@{k}" for m in ("hit", "ndcg") for k in (5, 10, 20)}
     return [{"metrics": {"test": {names[k]: v for k, v in r["metrics"]["test"].items() if k in names}}}
@@ -137,7 +188,7 @@ SPEC = cli.Spec(name="mclrec", config=MCLRecConfig, method="jaxrec.methods.mclre
                 description=__doc__.splitlines()[0],
                 datasets=("synthetic", "Amazon_Beauty", "Amazon_Sports_and_Outdoors", "Amazon_Toys_and_Games", "Yelp"),
                 metric="ndcg@10", tables={"main": table_main, "models": table_models, "ablations": table_ablations,
-                                          "reduced": table_reduced, "speed": table_speed},
+                                          "curves": table_curves, "reduced": table_reduced, "speed": table_speed},
                 tuned=TUNED, quick=QUICK, seeds=1, add_flags=add_flags, check=config_problem)
 
 
@@ -149,7 +200,7 @@ def main(argv=None):
     if a.ablation not in (None, "none") and (a.model or "mclrec") not in ("mclrec", "mclrec_j"):
         error(f"--ablation {a.ablation} only applies to --model mclrec / mclrec_j, not {a.model}")
     several = sorted(inv.grid[0]) if len(inv.grid) > 1 else []
-    if several and a.table != "main" and not (a.table == "models" and several == ["lam"]):
+    if several and a.table != "main" and not (a.table in ("models", "curves") and several == ["lam"]):
         error(f"several values of {', '.join('--' + k.replace('_', '-') for k in several)}: --table {a.table} "
               "takes one value per flag (a grid is for --table main, and --lam for --table models)")
     return cli.main(SPEC, argv)

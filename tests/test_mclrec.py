@@ -441,3 +441,35 @@ def test_real_beauty_protocol(data_dir):
     assert d["n_items"] == 12101 and len(d["valid_target"]) == 22363
     assert len(d["train_target"]) == 198502 - 3 * 22363
     assert d["train_seq"].shape == (131413, 50)
+
+
+def test_curves_table_runs_every_model_for_the_same_epochs_and_picks_lam_on_validation(tmp_path):
+    """``--table curves``: SASRec, CL4SRec (every lam of the grid) and MCLRec each run for exactly ``--epochs``
+    epochs (patience = epochs: no early stop), CL4SRec's row is the lam with the best validation NDCG@10, and
+    the per-epoch plot is written. (4 epochs: the synthetic preset's patience is 3.) The training itself is replaced by records with known histories."""
+    from experiments import mclrec as exp
+    from jaxrec import cli, experiment
+
+    inv = cli.parse(exp.SPEC, ["--table", "curves", "--epochs", "4", "--lam", "0.1", "0.3", "0.2", "--out", str(tmp_path)])
+    runner = experiment.Runner(inv)
+    seen = []
+    val = {("sasrec", 0.0): 0.02, ("cl4srec", 0.1): 0.03, ("cl4srec", 0.3): 0.05, ("cl4srec", 0.2): 0.04,
+           ("mclrec", 0.0): 0.01}
+
+    def fake_run(config, seed, label=None, fresh=False):
+        seen.append((label, config.lam, config.epochs, config.patience, config.beta, config.repeat_stage1))
+        v = val[(label, config.lam)]
+        hist = [{"epoch": e, "val": {"ndcg@10": v * (e + 1) / 4}} for e in range(4)]
+        return {"metrics": {"val": {"ndcg@10": v}, "test": {c: v + 1e-3 for c in exp.COLUMNS}},
+                "extra": {"best_epoch": 3, "history": hist}}
+
+    runner.run = fake_run
+    text = runner.main()
+    assert {s[0] for s in seen} == {"sasrec", "cl4srec", "mclrec"}
+    assert all(s[2] == 4 and s[3] == 4 for s in seen), seen  # the same epochs, never stopped early
+    assert {s[1] for s in seen if s[0] == "cl4srec"} == {0.1, 0.2, 0.3}
+    assert all(s[4] == 0.05 and s[5] for s in seen if s[0] == "mclrec")  # the reproduction preset
+    row = next(line for line in text.splitlines() if line.startswith("| CL4SRec |"))
+    assert f"{0.05 + 1e-3:.4f}" in row  # lam = 0.3, the best on validation
+    assert "lam=0.3: 0.0500" in text
+    assert (tmp_path / "mclrec" / "synthetic" / "curves_4ep.png").stat().st_size > 0
