@@ -126,6 +126,14 @@ def table_curves(runner) -> str:
     rows = {NAMES[m]: rows[NAMES[m]] for m in CURVES}
     notes = ["best epoch (1-based) per seed: " + "; ".join(
         f"{n} " + ", ".join(str(r["extra"]["best_epoch"] + 1) for r in recs) for n, recs in rows.items())]
+    per_epoch = ["validation NDCG@10 per epoch (seed 0; CL4SRec at the chosen lam):", "",
+                 "| model | " + " | ".join(str(e + 1) for e in range(epochs)) + " |", "|---|" + "---|" * epochs]
+    for m in CURVES:
+        p, rec, _ = next(r for r in runs[m] if r[2])
+        vals = {h["epoch"]: h["val"]["ndcg@10"] for h in rec["extra"]["history"] if "val" in h}
+        name = NAMES[m] + (f" lam={p['lam']:g}" if p else "")
+        per_epoch.append(f"| {name} | " + " | ".join(f"{vals[e]:.4f}" if e in vals else "-" for e in range(epochs)) + " |")
+    notes.append("\n".join(per_epoch))
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for m in CURVES:
         for p, rec, chosen in runs[m]:

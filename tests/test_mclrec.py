@@ -472,4 +472,5 @@ def test_curves_table_runs_every_model_for_the_same_epochs_and_picks_lam_on_vali
     row = next(line for line in text.splitlines() if line.startswith("| CL4SRec |"))
     assert f"{0.05 + 1e-3:.4f}" in row  # lam = 0.3, the best on validation
     assert "lam=0.3: 0.0500" in text
+    assert "| CL4SRec lam=0.3 | 0.0125 | 0.0250 | 0.0375 | 0.0500 |" in text  # the chosen lam's curve, per epoch
     assert (tmp_path / "mclrec" / "synthetic" / "curves_4ep.png").stat().st_size > 0
