@@ -109,7 +109,7 @@ CURVES = ("sasrec", "cl4srec", "mclrec")
 def table_curves(runner) -> str:
     """SASRec, CL4SRec and MCLRec for exactly ``--epochs`` epochs each (no early stopping: patience = epochs),
     CL4SRec's lam chosen on validation NDCG@10 in :data:`LAMBDA_GRID` (or ``--lam``) after those same epochs.
-    Test metrics at each run's best validation epoch; ``curves.png`` plots validation NDCG@10 per epoch of
+    Test metrics at each run's best validation epoch; ``curves_<epochs>ep.png`` plots validation NDCG@10 per epoch of
     every run (the chosen CL4SRec bold, the other lam values faint)."""
     import matplotlib.pyplot as plt  # the runner has selected the Agg back end
 
