@@ -121,26 +121,27 @@ def table_curves(runner) -> str:
         points = lam_grid if m == "cl4srec" else [{}]
         best, g = runner.tune(base, points, label=label)
         rows[NAMES[m]], grid = runner.seeds(best, label), grid + g
-        runs[m] = [(p, runner.run(dataclasses.replace(base, **p), runner.seed_list[0], label), best == dataclasses.replace(base, **p))
-                   for p in points]
+        # the runs tune just trained or read, from the runner's memory: (name, record, chosen) per grid point
+        runs[m] = [(NAMES[m] + (f" lam={p['lam']:g}" if p else ""),
+                    runner.run(dataclasses.replace(base, **p), runner.seed_list[0], label),
+                    best == dataclasses.replace(base, **p)) for p in points]
     rows = {NAMES[m]: rows[NAMES[m]] for m in CURVES}
     notes = ["best epoch (1-based) per seed: " + "; ".join(
         f"{n} " + ", ".join(str(r["extra"]["best_epoch"] + 1) for r in recs) for n, recs in rows.items())]
     per_epoch = ["validation NDCG@10 per epoch (seed 0; CL4SRec at the chosen lam):", "",
                  "| model | " + " | ".join(str(e + 1) for e in range(epochs)) + " |", "|---|" + "---|" * epochs]
     for m in CURVES:
-        p, rec, _ = next(r for r in runs[m] if r[2])
+        name, rec, _ = next(r for r in runs[m] if r[2])
         vals = {h["epoch"]: h["val"]["ndcg@10"] for h in rec["extra"]["history"] if "val" in h}
-        name = NAMES[m] + (f" lam={p['lam']:g}" if p else "")
         per_epoch.append(f"| {name} | " + " | ".join(f"{vals[e]:.4f}" if e in vals else "-" for e in range(epochs)) + " |")
     notes.append("\n".join(per_epoch))
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for m in CURVES:
-        for p, rec, chosen in runs[m]:
+        for name, rec, chosen in runs[m]:
             hist = [h for h in rec["extra"]["history"] if "val" in h]
-            name = NAMES[m] + (f" lam={p['lam']:g}" if p else "")
             ax.plot([h["epoch"] + 1 for h in hist], [h["val"]["ndcg@10"] for h in hist], "o-" if chosen else "-",
-                    lw=2 if chosen else 0.8, alpha=1 if chosen else 0.35, label=name + (" (chosen)" if p and chosen else ""),
+                    lw=2 if chosen else 0.8, alpha=1 if chosen else 0.35,
+                    label=name + (" (chosen)" if m == "cl4srec" and chosen else ""),
                     color={"sasrec": "C0", "cl4srec": "C1", "mclrec": "C2"}[m])
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation NDCG@10")

@@ -73,6 +73,7 @@ class Runner:
         self.save = not self.args.no_save
         self.folder = Path(self.args.out) / self.spec.name / self.dataset
         self._data: dict = {}
+        self._records: dict[str, dict] = {}  # run stem -> record, so a run asked for twice trains (or reads) once
         self.t0 = time.perf_counter()
 
     # ---------------------------------------------------------------------------------------- pieces
@@ -105,11 +106,15 @@ class Runner:
     # ------------------------------------------------------------------------------------------ runs
     def run(self, config: Any, seed: int, label: str | None = None, fresh: bool = False) -> dict:
         """One trained run (or its cached results file): ``{"val", "test", "seed", "config", "extra", ...}``.
-        ``fresh=True`` trains even when a results file exists (and replaces it): for a timing that must come
-        from this run, beside the others it is compared with."""
+        A run asked for again in this process (a table's :meth:`seeds` after :meth:`tune`, a plot of a grid) is
+        returned from memory, with or without ``--no-save``. ``fresh=True`` trains even when a results file
+        exists (and replaces it): for a timing that must come from this run, beside the others it is compared
+        with."""
         label = label or _label(config, self.spec.name)
         stem = f"{label}_{config_hash(config)}_seed{seed}"
         path = self.folder / f"{stem}.json"
+        if stem in self._records and not fresh:
+            return self._records[stem]
 
         def train() -> dict:
             data = self.data(config, seed)
@@ -136,8 +141,11 @@ class Runner:
             return rec
 
         if not self.save or fresh:
-            return train()
-        return run_once(lambda: self._find([path]), train, path.with_suffix(".running"))
+            rec = train()
+        else:
+            rec = run_once(lambda: self._find([path]), train, path.with_suffix(".running"))
+        self._records[stem] = rec
+        return rec
 
     def seeds(self, config: Any, label: str | None = None) -> list[dict]:
         """:meth:`run` for every seed of the command line, in its order; returned in seed order."""

@@ -213,6 +213,34 @@ def test_run_reads_its_cache_unless_fresh(tmp_path):
     assert len(calls) == 2 and fresh["metrics"] == first["metrics"]  # deterministic: same numbers, new timing
 
 
+
+def test_a_tuned_run_is_not_trained_again_for_its_table(tmp_path):
+    """With ``--no-save`` there is no results file to read: a table's ``seeds`` on the tuned config (and a plot
+    that asks for every grid point again) must take the runs ``tune`` just trained, not train them again."""
+    from jaxrec import experiment
+    from jaxrec.methods import mf_bpr
+
+    calls = []
+
+    class Counting:
+        DATA_FIELDS, load, most_popular = mf_bpr.DATA_FIELDS, staticmethod(mf_bpr.load), staticmethod(mf_bpr.most_popular)
+
+        @staticmethod
+        def method(config, data):
+            calls.append(config.lr)
+            return mf_bpr.method(config, data)
+
+    inv = cli.parse(SPECS["mf_bpr"], ["--quick", "--seeds", "1", "--no-save", "--epochs", "1", "--lr", "0.01", "0.02"])
+    runner = experiment.Runner(inv)
+    runner.module = Counting
+    best, rows = runner.tune()
+    recs = runner.seeds(best)
+    again = [runner.run(dataclasses.replace(runner.base, **p), 0) for p in runner.grid]
+    assert sorted(calls) == [0.01, 0.02], calls  # two grid points trained once each; nothing trained again
+    assert recs[0] is next(r for r, p in zip(again, runner.grid) if p["lr"] == best.lr)
+    runner.run(best, 0, fresh=True)
+    assert len(calls) == 3  # fresh=True still trains
+
 # ------------------------------------------------------------------------------- notebooks
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
