@@ -22,7 +22,8 @@ machine is shared). Variants:
 - ``mclrec_j``, ``cl4srec``, ``sasrec``: one update per batch.
 
 Evaluation: full ranking of every item for all 22,363 Beauty users (validation histories, blocks of
-1024 users), median of ``--eval-repeats`` passes after compilation.
+1024 users), median of ``--eval-repeats`` passes after compilation; its FLOPs (XLA, per block shape) and
+fraction of the matmul rate at its own shapes (scores, FFN), measured in the same run.
 
 Persistent compilation cache (opt-in): ``--compilation-cache DIR`` or ``JAXREC_COMPILATION_CACHE=DIR``
 sets ``jax_compilation_cache_dir`` (and caches every compilation, however short), so a second run with the
@@ -192,6 +193,10 @@ def stage1_flops(model, state, batch) -> float:
 
 
 def time_eval(n_users, n_items, max_len, repeats, rng):
+    """Median wall time of ``M.evaluate`` over ``n_users`` synthetic Beauty-like histories, its FLOPs (XLA's cost
+    analysis of each block shape ``evaluate`` dispatches, summed over its blocks) and the fraction of the best
+    float32 matmul rate at the evaluation's own shapes (scores ``[block, d] x [d, n_items]``, the FFN
+    ``[block * L, d] x [d, ff]``), measured in the same process just before."""
     cfg = M.preset("mclrec", max_len=max_len)
     model = M.build(cfg, n_items)
     state = M.init_state(model, jax.random.PRNGKey(0))
@@ -199,15 +204,34 @@ def time_eval(n_users, n_items, max_len, repeats, rng):
     seq = rng.integers(1, n_items + 1, size=(n_users, max_len))
     seq = np.where(np.arange(max_len)[None] >= max_len - lens[:, None], seq, 0).astype(np.int32)
     target = rng.integers(1, n_items + 1, size=n_users).astype(np.int32)
+    ranks, shapes = M.make_eval(model), []
+
+    def counting(theta, sq, tg):  # evaluate's own blocks, so the count follows its trimming
+        shapes.append(tuple(sq.shape))
+        return ranks(theta, sq, tg)
+
     t = time.perf_counter()
-    M.evaluate(model, state.theta, seq, target)
+    M.evaluate(model, state.theta, seq, target, ranks_fn=counting)
     first = time.perf_counter() - t
+    flops = {sh: flops_of(ranks.lower(state.theta, jnp.zeros(sh, jnp.int32), jnp.ones(sh[:1], jnp.int32)).compile())
+             for sh in set(shapes)}
+    total = sum(flops[sh] for sh in shapes)
+    blk = cfg.eval_block
+    rates = {}
+    for name, (m, k, n) in {"scores": (blk, cfg.hidden, n_items), "ffn": (blk * max_len, cfg.hidden, cfg.ff)}.items():
+        a = jax.random.normal(jax.random.PRNGKey(0), (m, k), jnp.float32)
+        b = jax.random.normal(jax.random.PRNGKey(1), (k, n), jnp.float32)
+        rates[name] = 2.0 * m * k * n / _median_time(jax.jit(lambda x, y: x @ y), (a, b), 5) / 1e9
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        M.evaluate(model, state.theta, seq, target)
+        M.evaluate(model, state.theta, seq, target, ranks_fn=ranks)
         times.append(time.perf_counter() - t)
-    return {"n_users": n_users, "first_call_s": first, "median_s": statistics.median(times)}
+    med = statistics.median(times)
+    return {"n_users": n_users, "first_call_s": first, "median_s": med, "blocks": len(shapes),
+            "block_widths": sorted({sh[1] for sh in shapes}), "gflop": total / 1e9, "gflops_achieved": total / med / 1e9,
+            "matmul_rates": rates, "matmul_gflops": max(rates.values()),
+            "fraction": total / med / 1e9 / max(rates.values()), "load_avg_after": os.getloadavg()[0]}
 
 
 def main(argv=None):
@@ -261,12 +285,16 @@ def main(argv=None):
     if not args.no_eval:
         ev = time_eval(args.eval_users, args.n_items, args.max_len, args.eval_repeats, rng)
         print(f"full-ranking evaluation of {ev['n_users']} users x {args.n_items} items: "
-              f"median {ev['median_s']:.2f}s (first call incl. compile {ev['first_call_s']:.2f}s)", flush=True)
+              f"median {ev['median_s']:.2f}s (first call incl. compile {ev['first_call_s']:.2f}s); {ev['gflop']:.1f} GFLOP "
+              f"in {ev['blocks']} blocks -> {ev['gflops_achieved']:.1f} GFLOP/s = {ev['fraction']:.0%} of the matmul rate "
+              f"{ev['matmul_gflops']:.1f} GFLOP/s (" + ", ".join(f"{k} {x:.1f}" for k, x in ev["matmul_rates"].items())
+              + f"); load {ev['load_avg_after']:.1f}", flush=True)
     if not args.no_save:
         metrics = {f"{r['variant']}_median_step_s": r["median_step_s"] for r in rows}
         metrics.update({f"{r['variant']}_matmul_fraction": r["fraction"] for r in rows})
         if ev:
             metrics["eval_all_users_s"] = ev["median_s"]
+            metrics["eval_matmul_fraction"] = ev["fraction"]
         path = save_result("mclrec", f"bench_{backend}", config=vars(args), seed=0, metrics=metrics,
                            wall_time=sum(r["median_step_s"] * r["steps"] for r in rows),
                            extra={"steps": rows, "eval": ev, "encoder": enc, "load_avg": os.getloadavg()},

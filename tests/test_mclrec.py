@@ -474,3 +474,17 @@ def test_curves_table_runs_every_model_for_the_same_epochs_and_picks_lam_on_vali
     assert "lam=0.3: 0.0500" in text
     assert "| CL4SRec lam=0.3 | 0.0125 | 0.0250 | 0.0375 | 0.0500 |" in text  # the chosen lam's curve, per epoch
     assert (tmp_path / "mclrec" / "synthetic" / "curves_4ep.png").stat().st_size > 0
+
+
+def test_step_benchmark_counts_every_evaluation_block_in_its_flops():
+    """``benchmarks/mclrec_step.py``'s evaluation FLOPs are summed over the blocks ``evaluate`` dispatches: at
+    least the score matmul's ``2 * padded users * d * n_items`` (a hand count), and the fraction of the
+    matmul rate is that count over the measured time."""
+    from benchmarks import mclrec_step as B
+
+    n_users, n_items, max_len = 1500, 20000, 2  # two blocks of 1024 (the second padded); scores dominate
+    ev = B.time_eval(n_users, n_items, max_len, repeats=1, rng=np.random.default_rng(0))
+    d = M.preset("mclrec").hidden
+    assert ev["blocks"] == 2 and ev["n_users"] == n_users
+    assert ev["gflop"] * 1e9 >= 2 * 2048 * d * n_items
+    assert ev["fraction"] == pytest.approx(ev["gflop"] / ev["median_s"] / ev["matmul_gflops"])
