@@ -213,7 +213,6 @@ def test_run_reads_its_cache_unless_fresh(tmp_path):
     assert len(calls) == 2 and fresh["metrics"] == first["metrics"]  # deterministic: same numbers, new timing
 
 
-
 def test_a_tuned_run_is_not_trained_again_for_its_table(tmp_path):
     """With ``--no-save`` there is no results file to read: a table's ``seeds`` on the tuned config (and a plot
     that asks for every grid point again) must take the runs ``tune`` just trained, not train them again."""
@@ -240,6 +239,7 @@ def test_a_tuned_run_is_not_trained_again_for_its_table(tmp_path):
     assert recs[0] is next(r for r, p in zip(again, runner.grid) if p["lr"] == best.lr)
     runner.run(best, 0, fresh=True)
     assert len(calls) == 3  # fresh=True still trains
+
 
 # ------------------------------------------------------------------------------- notebooks
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
