@@ -264,7 +264,11 @@ def test_await_or_claim_waits_for_the_holder_then_reads_its_result(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         marker.write_text(str(holder.pid))
-        timer = threading.Timer(0.3, lambda: result.write_text("done"))
+        def save():  # atomically, as save_result does (write then rename): find never sees an empty file
+            (tmp_path / "run.tmp").write_text("done")
+            (tmp_path / "run.tmp").replace(result)
+
+        timer = threading.Timer(0.3, save)
         timer.start()
         assert await_or_claim(find, marker, poll_s=0.02, verbose=False) == "done"
         timer.join()
