@@ -127,7 +127,7 @@ def note(runner, grid, lrs, l2s) -> str:
     text = (f"dataset {runner.dataset}; {n} seed(s) (seed = split seed = init seed); grid '{grid}' ({len(lrs) * len(l2s)} "
             f"base configs lr {sorted(lrs)} x L2 {sorted(l2s)}, {aux} at the base's "
             f"best lr/L2), tuned on validation R@20 with seed 0; test = items not in train/val, full ranking")
-    return text + (". REDUCED PROTOCOL (paper: 5 seeds, full grid)" if n < 5 or grid != "full" or runner.args.quick else "")
+    return text + (". REDUCED PROTOCOL (paper: 5 seeds, full grid)" if n < 5 or grid == "reduced" or runner.args.quick else "")
 
 
 def table_main(runner) -> str:

@@ -203,6 +203,17 @@ def test_paper_grids_equal_budgets_and_protocol():
         exp._args(runner, "ablation")
 
 
+@pytest.mark.parametrize("grid,seeds,quick,reduced", [("paper", 5, False, False), ("full", 5, False, False),
+                                                      ("reduced", 5, False, True), ("paper", 3, False, True),
+                                                      ("paper", 5, True, True)])
+def test_table_note_flags_only_a_reduced_protocol(grid, seeds, quick, reduced):
+    """The table note says REDUCED PROTOCOL for fewer than 5 seeds, the reduced grid or --quick, never for the
+    paper's grid at 5 seeds."""
+    runner = argparse.Namespace(seed_list=list(range(seeds)), dataset="ml-100k", args=argparse.Namespace(quick=quick))
+    text = exp.note(runner, grid, exp.BASE_GRID[grid]["lr"], exp.BASE_GRID[grid]["l2"])
+    assert ("REDUCED PROTOCOL" in text) == reduced
+
+
 def test_cli_neighbors_table(tmp_path, capsys):
     exp.main(["--table", "neighbors", "--out", str(tmp_path)])
     text = (tmp_path / "mal" / "synthetic" / "table_neighbors.md").read_text()
