@@ -3,12 +3,32 @@
 Real-data tests ask for the ``data_dir`` fixture; it resolves ``$JAXREC_DATA`` and skips the test with a
 clear reason when the variable is unset (CI sets it to ``../shared/data``).
 """
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("JAXREC_QUIET", "1")
+
+
+def _compilation_cache() -> None:
+    """A persistent XLA compilation cache for this test run, one folder per xdist worker (JAX writes its entries
+    without a lock, so two processes never share one). Many tests and the CLI subprocesses they start compile the
+    same steps again in new closures; with the cache the identical programs load instead of compiling. Set through
+    the environment before jax is imported, so subprocesses inherit it. ``JAXREC_TEST_CACHE=0`` turns it off."""
+    if os.environ.get("JAXREC_TEST_CACHE", "1") == "0" or "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    path = tempfile.mkdtemp(prefix=f"jaxrec-xla-cache-{worker}-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.1"
+
+
+_compilation_cache()
 
 
 @pytest.fixture(scope="session")
