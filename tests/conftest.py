@@ -31,6 +31,20 @@ def _compilation_cache() -> None:
 _compilation_cache()
 
 
+def _fast_compiles() -> None:
+    """Tests run tiny shapes, so nearly all their time is XLA compiling, not running. ``jax_disable_most_optimizations``
+    skips the expensive backend passes (XLA's optimisation level 0): on this project's slowest tests it cut the wall
+    time by about a third (100 s -> 66 s, 93 s -> 65 s, measured side by side). The results are the same
+    programs, compiled with less effort; tolerances in the tests are unchanged. Set through the environment so CLI
+    subprocesses inherit it. ``JAXREC_TEST_FAST_COMPILE=0`` (or setting the JAX variable yourself) turns it off."""
+    if os.environ.get("JAXREC_TEST_FAST_COMPILE", "1") == "0":
+        return
+    os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+
+
+_fast_compiles()
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     root = os.environ.get("JAXREC_DATA")
